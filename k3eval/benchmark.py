@@ -1,0 +1,102 @@
+"""`k3eval run BENCHMARK.yaml`: the stages of a benchmark, each reading what the previous one wrote.
+
+A stage is a function `run_stage(ctx: BenchmarkContext) -> None` in the module named in `STAGES`; stages whose
+module is not installed are not offered. `generate` lives here; the others live with their area.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from k3eval.config import BenchmarkSpec, RunSpec, load_benchmark, resolve_relative
+from k3eval.errors import UserError
+
+STAGES: dict[str, str] = {
+    "generate": "k3eval.benchmark:stage_generate",
+    "score": "k3eval.metrics.stage:run_stage",
+    "study": "k3eval.sbs.stage:run_stage",
+    "report": "k3eval.report.stage:run_stage",
+}
+
+
+@dataclass
+class BenchmarkContext:
+    """What every stage gets: the validated spec, where it came from, and the run folders it names."""
+
+    spec: BenchmarkSpec
+    source: Path
+    limit: int | None = None
+    force: bool = False
+    progress: bool = True
+    root: Path = field(default_factory=Path.cwd)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    def run_dir(self, run: RunSpec) -> Path:
+        return self.spec.runs_path(self.root) / run.label
+
+    def run_dirs(self) -> dict[str, Path]:
+        return {r.label: self.run_dir(r) for r in self.spec.generators}
+
+    def prompts(self):
+        from k3eval.prompts import load_prompt_set
+
+        ps = self.spec.prompts
+        spec = ps.set
+        if ":" not in spec and not Path(spec).exists() and (self.source.parent / spec).exists():
+            spec = str(self.source.parent / spec)
+        return load_prompt_set(spec).select(categories=ps.categories, per_category=ps.per_category,
+                                            limit=self.limit or ps.limit, seed=ps.selection_seed)
+
+    def extra_catalogs(self) -> list[Path] | None:
+        return [resolve_relative(self.source, self.spec.generators_file)] if self.spec.generators_file else None
+
+
+def available_stages() -> dict[str, Any]:
+    out = {}
+    for name, target in STAGES.items():
+        module, _, attr = target.partition(":")
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name and module.startswith(e.name):
+                continue
+            raise
+        out[name] = getattr(mod, attr)
+    return out
+
+
+def stage_generate(ctx: BenchmarkContext) -> None:
+    """Generate every run of the benchmark into runs/<benchmark>/<run name>/ (resumable)."""
+    from k3eval.generate import generate_run
+    from k3eval.generators.registry import get_entry
+
+    prompts = ctx.prompts()
+    for run in ctx.spec.generators:
+        entry = get_entry(run.generator, ctx.extra_catalogs())
+        gen = entry.create(run.params, device=run.device or ctx.spec.device, dtype=run.dtype)
+        summary = generate_run(gen, prompts, ctx.run_dir(run), samples=ctx.spec.samples, seed=ctx.spec.seed,
+                               batch_size=run.batch_size or ctx.spec.batch_size, force=ctx.force,
+                               progress=ctx.progress, extra_info={"benchmark": ctx.spec.name, "run_name": run.label})
+        gen.close()
+        print(f"[generate] {run.label}: {summary.generated} new, {summary.done_before} already done -> "
+              f"{summary.run_dir}")
+
+
+def run_benchmark(path: str | Path, stages: list[str] | None = None, limit: int | None = None, force: bool = False,
+                  progress: bool = True, root: Path | None = None) -> BenchmarkContext:
+    source = Path(path)
+    spec = load_benchmark(source)
+    available = available_stages()
+    chosen = stages or list(available)
+    for s in chosen:
+        if s not in available:
+            from k3eval.errors import did_you_mean
+
+            raise UserError(f"unknown stage '{s}'{did_you_mean(s, available)}")
+    ctx = BenchmarkContext(spec, source, limit=limit, force=force, progress=progress, root=root or Path.cwd())
+    for s in [s for s in available if s in chosen]:
+        available[s](ctx)
+    return ctx

@@ -1,0 +1,27 @@
+"""`k3eval demo`: the smoke benchmark on tiny offline generators, end to end, then the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from k3eval.errors import UserError
+
+
+def smoke_benchmark() -> Path:
+    """benchmarks/smoke.yaml of the current folder, else of the k3eval checkout this package was installed from."""
+    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        p = base / "benchmarks" / "smoke.yaml"
+        if p.exists():
+            return p
+    raise UserError("benchmarks/smoke.yaml not found: run `k3eval demo` from the k3eval checkout")
+
+
+def run_demo(out: Path = Path("reports/demo"), progress: bool = True) -> Path:
+    from k3eval.benchmark import available_stages, run_benchmark
+
+    ctx = run_benchmark(smoke_benchmark(), progress=progress)
+    if "report" in available_stages() and ctx.outputs.get("report"):
+        return Path(ctx.outputs["report"])
+    from k3eval.report.gallery import build_gallery
+
+    return build_gallery(ctx.run_dirs(), out, title=f"k3eval demo: {ctx.spec.name}")

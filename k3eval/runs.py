@@ -1,0 +1,223 @@
+"""The run folder: run.json, manifest.parquet, images/<prompt_id>/<sample>.png.
+
+Crash safety: an image is written under a temporary name and renamed; its manifest row is appended to a per-writer
+journal (`.journal/*.jsonl`, one fsync'd line per image) only after the rename. `manifest.parquet` is rebuilt from
+the journals atomically. A torn last journal line (a crash mid-write) is ignored, so the manifest never holds a row
+whose image is incomplete.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from k3eval.errors import UserError
+from k3eval.utils import atomic_write_bytes, atomic_write_json, now_iso, sha256_bytes
+
+MANIFEST_COLUMNS = ["prompt_set", "prompt_id", "prompt", "category", "sample", "seed", "path", "width", "height",
+                    "steps", "guidance", "seconds", "status", "sha256", "bytes", "generator"]
+STATUSES = ("ok", "nan", "black")
+PNG_END = b"IEND\xaeB`\x82"
+
+
+def image_relpath(prompt_id: str, sample: int) -> str:
+    return f"images/{prompt_id}/{sample}.png"
+
+
+def classify_image(image: np.ndarray) -> str:
+    """'nan' if any value is not finite, 'black' if the image is constant (all black, or flat: fp16 overflow),
+    else 'ok'. `image` is float in [0, 1], HxWxC."""
+    if not np.isfinite(image).all():
+        return "nan"
+    if float(image.max()) - float(image.min()) < 1.0 / 255.0:
+        return "black"
+    return "ok"
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float [0, 1] HxWxC -> uint8 by rounding (not truncation); NaN becomes 0."""
+    arr = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    return np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
+
+
+def encode_png(image_u8: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    mode = "RGB" if image_u8.ndim == 3 and image_u8.shape[2] == 3 else None
+    Image.fromarray(image_u8, mode=mode).save(buf, format="PNG", compress_level=4)
+    return buf.getvalue()
+
+
+class RunFolder:
+    """One run of one generator over one prompt selection."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # ---- paths --------------------------------------------------------------------------------------------------
+    @property
+    def run_json(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "manifest.parquet"
+
+    @property
+    def journal_dir(self) -> Path:
+        return self.path / ".journal"
+
+    @property
+    def scores_dir(self) -> Path:
+        return self.path / "scores"
+
+    def exists(self) -> bool:
+        return self.run_json.exists()
+
+    # ---- run.json -----------------------------------------------------------------------------------------------
+    def read_info(self) -> dict[str, Any]:
+        if not self.run_json.exists():
+            raise UserError(f"{self.path} is not a run folder: it has no run.json")
+        try:
+            return json.loads(self.run_json.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{self.run_json} is not valid JSON: {e}") from None
+
+    def write_info(self, info: dict[str, Any]) -> None:
+        atomic_write_json(self.run_json, info)
+
+    def check_identity(self, identity: dict[str, Any]) -> None:
+        """Refuse to mix runs: an existing run.json must describe the same generator, parameters and seed."""
+        if not self.exists():
+            return
+        old = self.read_info().get("identity", {})
+        diffs = [f"{k}: folder has {old.get(k)!r}, this run has {v!r}" for k, v in identity.items() if old.get(k) != v]
+        if diffs:
+            raise UserError(f"output folder {self.path} holds a different run ({'; '.join(diffs)}); "
+                            "use another --out, or --force to replace it")
+
+    def reset(self) -> None:
+        """Remove images, manifest, journals and scores (for --force)."""
+        for p in (self.path / "images", self.journal_dir, self.scores_dir):
+            if p.exists():
+                shutil.rmtree(p)
+        for p in (self.manifest_path, self.run_json):
+            p.unlink(missing_ok=True)
+
+    # ---- images -------------------------------------------------------------------------------------------------
+    def write_image(self, prompt_id: str, sample: int, image_u8: np.ndarray) -> tuple[str, str, int]:
+        """Write one PNG atomically; returns (relative path, sha256 of the file, size in bytes)."""
+        data = encode_png(image_u8)
+        rel = image_relpath(prompt_id, sample)
+        atomic_write_bytes(self.path / rel, data)
+        return rel, sha256_bytes(data), len(data)
+
+    def image_complete(self, row: dict[str, Any]) -> bool:
+        """Cheap completeness check: file present, size as recorded and the PNG end chunk in place."""
+        if row.get("status") == "nan":
+            return True  # no image is written for NaN outputs; the row itself is the record
+        p = self.path / str(row["path"])
+        try:
+            size = p.stat().st_size
+            if row.get("bytes") is not None and size != int(row["bytes"]):
+                return False
+            with open(p, "rb") as f:
+                f.seek(max(0, size - len(PNG_END)))
+                return f.read() == PNG_END
+        except OSError:
+            return False
+
+    # ---- manifest -----------------------------------------------------------------------------------------------
+    def journal_path(self, writer: str) -> Path:
+        return self.journal_dir / f"{writer}.jsonl"
+
+    def append_rows(self, writer: str, rows: Iterable[dict[str, Any]]) -> None:
+        """Append rows to this writer's journal, one line each, fsync'd: a row is durable once this returns."""
+        self.journal_dir.mkdir(parents=True, exist_ok=True)
+        lines = "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in rows)
+        with open(self.journal_path(writer), "a", encoding="utf-8") as f:
+            f.write(lines)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _journal_rows(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        if not self.journal_dir.exists():
+            return rows
+        for jp in sorted(self.journal_dir.glob("*.jsonl")):
+            for line in jp.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # a line torn by a crash: its image is regenerated on resume
+        return rows
+
+    def read_manifest(self):
+        """All rows (manifest.parquet plus journals), one per (prompt_id, sample), the latest record winning."""
+        import pandas as pd
+
+        frames = []
+        if self.manifest_path.exists():
+            frames.append(pd.read_parquet(self.manifest_path))
+        jrows = self._journal_rows()
+        if jrows:
+            frames.append(pd.DataFrame(jrows))
+        if not frames:
+            return pd.DataFrame(columns=MANIFEST_COLUMNS)
+        df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        df = df.drop_duplicates(subset=["prompt_id", "sample"], keep="last")
+        return df.reset_index(drop=True)
+
+    def consolidate(self, order: list[tuple[str, int]] | None = None):
+        """Rewrite manifest.parquet from everything recorded (atomically) and drop the journals."""
+        df = self.read_manifest()
+        if order is not None and len(df):
+            rank = {key: i for i, key in enumerate(order)}
+            df = df.assign(_o=[rank.get((p, int(s)), len(rank)) for p, s in zip(df["prompt_id"], df["sample"])])
+            df = df.sort_values(["_o", "prompt_id", "sample"]).drop(columns="_o").reset_index(drop=True)
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        atomic_write_bytes(self.manifest_path, buf.getvalue())
+        if self.journal_dir.exists():
+            shutil.rmtree(self.journal_dir)
+        return df
+
+    def ok_rows(self):
+        """Manifest rows whose status is 'ok' (what metrics and studies use)."""
+        df = self.read_manifest()
+        return df[df["status"] == "ok"].reset_index(drop=True)
+
+    def image_path(self, row: dict[str, Any]) -> Path:
+        return self.path / str(row["path"])
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def load_run(path: str | Path) -> RunFolder:
+    """Open an existing run folder, with a clear error when it is not one."""
+    run = RunFolder(path)
+    if not run.path.exists():
+        raise UserError(f"run folder not found: {run.path}")
+    run.read_info()
+    if not run.manifest_path.exists() and not run.journal_dir.exists():
+        raise UserError(f"run folder {run.path} has no manifest.parquet: generate into it first")
+    return run
+
+
+__all__ = ["MANIFEST_COLUMNS", "RunFolder", "classify_image", "image_relpath", "load_run", "now_iso", "to_uint8"]

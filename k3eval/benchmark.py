@@ -76,10 +76,17 @@ def stage_generate(ctx: BenchmarkContext) -> None:
     prompts = ctx.prompts()
     for run in ctx.spec.generators:
         entry = get_entry(run.generator, ctx.extra_catalogs())
-        gen = entry.create(run.params, device=run.device or ctx.spec.device, dtype=run.dtype)
+        device = run.device or ctx.spec.device
+        gen = entry.create(run.params, device=device, dtype=run.dtype)
+        beautifier = None
+        if run.beautify:
+            from k3eval.generators.beautify import load_beautifier
+
+            beautifier = load_beautifier(run.beautify, device=device)
         summary = generate_run(gen, prompts, ctx.run_dir(run), samples=ctx.spec.samples, seed=ctx.spec.seed,
                                batch_size=run.batch_size or ctx.spec.batch_size, force=ctx.force,
-                               progress=ctx.progress, extra_info={"benchmark": ctx.spec.name, "run_name": run.label})
+                               progress=ctx.progress, extra_info={"benchmark": ctx.spec.name, "run_name": run.label},
+                               beautifier=beautifier)
         gen.close()
         print(f"[generate] {run.label}: {summary.generated} new, {summary.done_before} already done -> "
               f"{summary.run_dir}")

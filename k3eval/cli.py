@@ -14,7 +14,9 @@ from pathlib import Path
 from k3eval import __version__
 from k3eval.errors import UserError
 
-COMMAND_MODULES = ["k3eval.generators.cli", "k3eval.metrics.cli", "k3eval.sbs.cli", "k3eval.report.cli"]
+COMMAND_MODULES = [
+    "k3eval.generators.cli", "k3eval.runs_cli", "k3eval.metrics.cli", "k3eval.sbs.cli", "k3eval.report.cli",
+]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -100,8 +102,14 @@ def cmd_generate(args) -> int:
     prompts = load_prompt_set(args.prompts).select(categories=args.categories, per_category=args.per_category,
                                                    limit=args.limit, seed=args.selection_seed)
     gen = entry.create(parse_set_options(args.set or []), device=args.device, dtype=args.dtype)
+    beautifier = None
+    if args.beautify:
+        from k3eval.generators.beautify import load_beautifier
+
+        beautifier = load_beautifier(args.beautify, device=args.device)
     summary = generate_run(gen, prompts, args.out, samples=args.samples, seed=args.seed, batch_size=args.batch_size,
-                           force=args.force, shard=parse_shard(args.shard), progress=not args.quiet)
+                           force=args.force, shard=parse_shard(args.shard), progress=not args.quiet,
+                           beautifier=beautifier)
     bad = {k: v for k, v in summary.status_counts.items() if k != "ok"}
     print(f"{summary.run_dir}: {summary.generated} generated, {summary.done_before} already done, "
           f"{summary.total} in this run" + (f"; bad outputs: {bad}" if bad else ""))
@@ -122,6 +130,9 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a generator parameter (repeatable)")
     p.add_argument("--shard", default=None, help="I/N: make only every N-th image starting at I (job arrays)")
     p.add_argument("--force", action="store_true", help="delete what the folder holds and regenerate everything")
+    p.add_argument("--beautify", metavar="MODEL", default=None,
+                   help="rewrite each prompt with this causal LM first (the Kandinsky 3 report's prompt beautification;"
+                   " e.g. Intel/neural-chat-7b-v3-1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

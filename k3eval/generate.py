@@ -90,7 +90,7 @@ def run_info(gen, prompts: PromptSet, samples: int, benchmark_seed: int, extra: 
 
 def generate_run(gen, prompts: PromptSet, out_dir: str | Path, *, samples: int = 1, seed: int = 0,
                  batch_size: int = 1, force: bool = False, shard: tuple[int, int] = (0, 1), progress: bool = True,
-                 extra_info: dict[str, Any] | None = None) -> GenerateSummary:
+                 extra_info: dict[str, Any] | None = None, beautifier=None) -> GenerateSummary:
     """Generate every missing image of the run into `out_dir`; rerunning resumes, `force` starts over.
 
     With `shard=(i, n)` this process makes items i, i+n, i+2n, ... and writes its own journal; the process with
@@ -101,7 +101,11 @@ def generate_run(gen, prompts: PromptSet, out_dir: str | Path, *, samples: int =
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     run = RunFolder(out_dir)
     items = work_items(prompts, samples, seed)
+    if beautifier is not None:
+        extra_info = {**(extra_info or {}), "beautify": beautifier.describe()}
     info = run_info(gen, prompts, samples, seed, extra_info)
+    if beautifier is not None:
+        info["identity"]["beautify"] = beautifier.describe().get("model")
     rank, world = shard
     if force and rank == 0:
         run.reset()
@@ -126,12 +130,16 @@ def generate_run(gen, prompts: PromptSet, out_dir: str | Path, *, samples: int =
     counts: dict[str, int] = {}
     t_start = time.perf_counter()
     writer = f"shard-{rank:03d}-of-{world:03d}"
+    rewrites: dict[str, str] = {}
+    if todo and beautifier is not None:
+        rewrites = beautify_prompts(run, beautifier, sorted({it.prompt for it in todo}))
     if todo:
         bar = _progress(len(todo), f"{gen.name} -> {run.path}", progress)
         gen.ensure_loaded()
         for b in range(0, len(todo), batch_size):
             batch = todo[b:b + batch_size]
-            requests = [GenRequest(it.prompt_id, it.prompt, it.sample, it.seed) for it in batch]
+            requests = [GenRequest(it.prompt_id, rewrites.get(it.prompt, it.prompt), it.sample, it.seed)
+                        for it in batch]
             t0 = time.perf_counter()
             outputs = gen.generate(requests)
             per_image = (time.perf_counter() - t0) / len(batch)
@@ -145,6 +153,8 @@ def generate_run(gen, prompts: PromptSet, out_dir: str | Path, *, samples: int =
                     path, sha, nbytes = run.write_image(it.prompt_id, it.sample, to_uint8(out.image))
                 row = _manifest_row(prompts, it, gen, out, path, status, sha, nbytes)
                 row["seconds"] = out.extra.get("seconds", per_image)
+                if beautifier is not None:
+                    row["beautified_prompt"] = rewrites[it.prompt]
                 rows.append(row)
                 counts[status] = counts.get(status, 0) + 1
             run.append_rows(writer, rows)
@@ -154,6 +164,21 @@ def generate_run(gen, prompts: PromptSet, out_dir: str | Path, *, samples: int =
     if world == 1:
         finalize_run(run, items, gen)
     return GenerateSummary(run.path, len(mine), len(mine) - len(todo), len(todo), counts, elapsed)
+
+
+def beautify_prompts(run: RunFolder, beautifier, texts: list[str]) -> dict[str, str]:
+    """Rewrite each prompt once per run; rewrites are cached in RUN/beautified.json so a resume reuses them."""
+    import json
+
+    from k3eval.utils import atomic_write_json
+
+    cache_path = run.path / "beautified.json"
+    cache: dict[str, str] = json.loads(cache_path.read_text(encoding="utf-8")) if cache_path.exists() else {}
+    missing = [t for t in texts if t not in cache]
+    if missing:
+        cache.update(zip(missing, beautifier.rewrite(missing)))
+        atomic_write_json(cache_path, cache)
+    return {t: cache[t] for t in texts}
 
 
 def finalize_run(run: RunFolder, items: Sequence[WorkItem], gen=None) -> None:

@@ -107,11 +107,11 @@ def generate_run(gen, prompts: PromptSet, out_dir: str | Path, *, samples: int =
     if beautifier is not None:
         info["identity"]["beautify"] = beautifier.describe().get("model")
     rank, world = shard
+    if run.path.exists() and not run.exists() and any(run.path.iterdir()):
+        raise UserError(f"output folder {run.path} is not empty and is not a run folder; choose another --out")
     if force and rank == 0:
         run.reset()
     run.check_identity(info["identity"])
-    if run.path.exists() and not run.exists() and any(run.path.iterdir()):
-        raise UserError(f"output folder {run.path} is not empty and is not a run folder; choose another --out")
 
     existing = run.read_manifest() if run.exists() else None
     done: set[tuple[str, int]] = set()

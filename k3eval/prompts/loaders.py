@@ -157,6 +157,9 @@ def _rows_from_records(path: Path, records: list[tuple[int, dict]], prefix: str)
     rows: list[Prompt] = []
     seen_ids: dict[str, int] = {}
     for line, rec in records:
+        if pcol not in rec:
+            raise UserError(f"prompt file {path}, line {line}: no '{pcol}' field (the prompt column, as on the first "
+                            "row)")
         text = rec.get(pcol)
         if not isinstance(text, str) or not text.strip():
             raise UserError(f"prompt file {path}, line {line}: the prompt is empty")

@@ -1,0 +1,369 @@
+"""The vote store: SQLAlchemy 2 models and engine set-up for SQLite (default) and PostgreSQL.
+
+SQLite: WAL journal (readers never block the writer), `synchronous=FULL` (a vote acknowledged by a commit is on
+disk, so it survives a kill -9 and a power cut), a 5 s busy timeout, and `BEGIN IMMEDIATE` for write transactions so
+two writers never deadlock upgrading a read lock. PostgreSQL: `postgresql://...` URLs use psycopg 3.
+
+The database holds a schema version (table `k3eval_meta`); opening a database of another version is refused with a
+clear message. Tokens are stored only as sha256 hashes: a token is 32 random bytes, so a plain hash cannot be
+reversed by guessing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    inspect,
+    select,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from k3eval.errors import UserError
+
+SCHEMA_VERSION = 1
+DEFAULT_DB = "sqlite:///k3eval.db"
+BUSY_TIMEOUT_S = 5.0
+
+
+class StoreError(UserError):
+    """Base of the vote store's errors; the message is meant to be shown to a person as is."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be used right now: locked for too long, missing, unreachable, or of another schema."""
+
+
+class StudyNotFound(StoreError):
+    """No study of that name in the database."""
+
+
+class StudyExists(StoreError):
+    """`create_study` was asked for a name that is already taken."""
+
+
+class AccessDenied(StoreError):
+    """A token that is unknown, revoked or for another study, or an item not assigned to this annotator."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def default_db_url() -> str:
+    """$K3EVAL_DB if set, else `sqlite:///k3eval.db` (a file in the current folder)."""
+    return os.environ.get("K3EVAL_DB") or DEFAULT_DB
+
+
+# ---- models -----------------------------------------------------------------------------------------------------
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True), dict: JSON}
+
+
+class Meta(Base):
+    __tablename__ = "k3eval_meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Study(Base):
+    __tablename__ = "studies"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime]
+    questions: Mapped[dict] = mapped_column(JSON)  # list of question keys, in display order
+    overlap: Mapped[int]
+    gold: Mapped[float] = mapped_column(Float)
+    repeats: Mapped[float] = mapped_column(Float)
+    seed: Mapped[int]
+    reference: Mapped[str | None] = mapped_column(String(200))
+    prompt_set: Mapped[str] = mapped_column(Text)
+    prompt_set_hash: Mapped[str] = mapped_column(String(64))
+    simulated: Mapped[bool] = mapped_column(Boolean, default=False)
+    info: Mapped[dict] = mapped_column(JSON)  # protocol facts: k3eval version, package versions, design counts
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (UniqueConstraint("study_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    position: Mapped[int]
+    path: Mapped[str] = mapped_column(Text)
+    generator: Mapped[str] = mapped_column(Text)
+
+
+class Image(Base):
+    """An image a study shows. `id` is a random opaque string (what the page sees); `path` points into a run folder,
+    or `data` holds the bytes of a degraded gold copy. Neither ever leaves the server."""
+
+    __tablename__ = "images"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    run_name: Mapped[str] = mapped_column(String(200))
+    prompt_id: Mapped[str] = mapped_column(String(200))
+    sample: Mapped[int]
+    degraded: Mapped[bool] = mapped_column(Boolean, default=False)
+    path: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class Item(Base):
+    __tablename__ = "items"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # regular | gold | repeat
+    prompt_id: Mapped[str] = mapped_column(String(200))
+    prompt: Mapped[str] = mapped_column(Text)
+    category: Mapped[str] = mapped_column(Text)
+    sample: Mapped[int]
+    model_a: Mapped[str] = mapped_column(String(200))
+    model_b: Mapped[str] = mapped_column(String(200))
+    image_a: Mapped[str] = mapped_column(ForeignKey("images.id"))
+    image_b: Mapped[str] = mapped_column(ForeignKey("images.id"))
+    gold_question: Mapped[str | None] = mapped_column(String(32))
+    gold_answer: Mapped[str | None] = mapped_column(String(8))  # 'a' or 'b'
+    repeat_of: Mapped[int | None] = mapped_column(ForeignKey("items.id"))
+
+
+class AnnotatorRow(Base):
+    """A person with a token: role 'annotator' (votes) or 'admin' (dashboard and export)."""
+
+    __tablename__ = "annotators"
+    __table_args__ = (UniqueConstraint("study_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))  # annotator | admin
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    guideline_seen_at: Mapped[datetime | None]
+
+
+class Assignment(Base):
+    __tablename__ = "assignments"
+    __table_args__ = (UniqueConstraint("annotator_id", "item_id"), UniqueConstraint("annotator_id", "position"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int]
+    left_is_a: Mapped[bool] = mapped_column(Boolean)
+
+
+class Vote(Base):
+    __tablename__ = "votes"
+    __table_args__ = (UniqueConstraint("annotator_id", "item_id", "question", name="uq_vote_once"),
+                      Index("ix_votes_study", "study_id", "id"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    question: Mapped[str] = mapped_column(String(32))
+    answer: Mapped[str] = mapped_column(String(16))  # left | right | equal | both_bad
+    left_model: Mapped[str] = mapped_column(String(200))
+    right_model: Mapped[str] = mapped_column(String(200))
+    seconds: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    changes: Mapped[int] = mapped_column(Integer, default=0)
+    simulated: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class AuditLog(Base):
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    annotator_id: Mapped[int | None] = mapped_column(ForeignKey("annotators.id", ondelete="SET NULL"))
+    event: Mapped[str] = mapped_column(String(32))  # create | login | login_refused | vote_changed | export | revoke
+    detail: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+
+
+# ---- engines ----------------------------------------------------------------------------------------------------
+_ENGINES: dict[str, Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+_CHECKED: set[str] = set()
+
+
+def normalize_url(db_url: str | None) -> str:
+    """The URL to use: `db_url`, else `default_db_url()`; plain `postgresql://` means psycopg 3."""
+    url = db_url or default_db_url()
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    try:
+        make_url(url)
+    except ArgumentError:
+        raise UserError(f"database URL {url!r} is not a valid SQLAlchemy URL; expected e.g. sqlite:///k3eval.db or "
+                        "postgresql://user@host/dbname") from None
+    return url
+
+
+def _sqlite_path(url: str) -> Path | None:
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database)
+
+
+def get_engine(db_url: str | None = None, *, create: bool = False) -> Engine:
+    """The (cached, thread-safe) engine for `db_url`. Without `create`, a SQLite file that does not exist is refused
+    instead of being created empty; with it, the tables are created. The schema version is checked once."""
+    url = normalize_url(db_url)
+    path = _sqlite_path(url)
+    if path is not None and not create and not path.exists():
+        raise StoreUnavailable(f"vote database {path} not found; create a study first (k3eval sbs create) or point "
+                               "--db / K3EVAL_DB at the right database")
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(url)
+        if engine is None:
+            engine = _make_engine(url)
+            _ENGINES[url] = engine
+        if url not in _CHECKED or create:
+            _check_schema(engine, url, create)
+            _CHECKED.add(url)
+    return engine
+
+
+def dispose_engines() -> None:
+    """Close every cached engine (tests, and servers that fork)."""
+    with _ENGINES_LOCK:
+        for e in _ENGINES.values():
+            e.dispose()
+        _ENGINES.clear()
+        _CHECKED.clear()
+
+
+def _make_engine(url: str) -> Engine:
+    if make_url(url).get_backend_name() == "sqlite":
+        path = _sqlite_path(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
+                               pool_size=8, max_overflow=56, pool_timeout=30)
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn, _record):
+            # The driver's own transaction handling is switched off so that BEGIN is ours (IMMEDIATE for writes).
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn):
+            write = conn.get_execution_options().get("k3eval_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+        return engine
+    return create_engine(url, pool_size=10, max_overflow=60, pool_pre_ping=True, pool_timeout=30)
+
+
+def _check_schema(engine: Engine, url: str, create: bool) -> None:
+    try:
+        names = set(inspect(engine).get_table_names())
+        if "k3eval_meta" not in names:
+            if not create:
+                raise StoreUnavailable(f"{_shown(url)} holds no k3eval studies (no k3eval_meta table); create a "
+                                       "study first (k3eval sbs create)")
+            Base.metadata.create_all(engine)
+            with session(engine, write=True) as s:
+                if s.get(Meta, "schema_version") is None:
+                    s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            return
+        with session(engine) as s:
+            row = s.get(Meta, "schema_version")
+        found = row.value if row else "none"
+        if found != str(SCHEMA_VERSION):
+            raise StoreUnavailable(f"{_shown(url)} has vote-store schema version {found}, this k3eval uses "
+                                   f"{SCHEMA_VERSION}; use a matching k3eval version or a new database")
+    except DBAPIError as e:
+        raise unavailable(e, url) from None
+
+
+def _shown(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def unavailable(err: Exception, url: str | None = None) -> StoreUnavailable:
+    """Turn a driver error into a message a person can act on."""
+    text = str(getattr(err, "orig", err)).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    where = _shown(url) if url else "the vote database"
+    if "locked" in text or "busy" in text:
+        return StoreUnavailable(f"{where} is busy (locked by another writer for more than {BUSY_TIMEOUT_S:.0f} s); "
+                                "try again in a moment")
+    return StoreUnavailable(f"{where} cannot be used: {text}")
+
+
+@contextmanager
+def session(engine: Engine, write: bool = False) -> Iterator[Session]:
+    """A short transaction: committed when the block ends, rolled back on error. `write=True` takes the write lock at
+    the start (SQLite BEGIN IMMEDIATE), so the transaction never fails halfway on a lock upgrade. Driver errors
+    (locked, gone, unreachable) come out as `StoreUnavailable`; integrity errors propagate unchanged."""
+    from sqlalchemy.exc import IntegrityError
+
+    bind = engine.execution_options(k3eval_write=True) if write else engine
+    s = Session(bind, expire_on_commit=False)
+    try:
+        with s.begin():
+            yield s
+    except IntegrityError:
+        raise
+    except OperationalError as e:
+        raise unavailable(e, str(engine.url)) from None
+    except DBAPIError as e:
+        if getattr(e, "connection_invalidated", False):
+            raise unavailable(e, str(engine.url)) from None
+        raise
+    finally:
+        s.close()
+
+
+def find_study(s: Session, name: str) -> Study:
+    st = s.scalars(select(Study).where(Study.name == name)).first()
+    if st is None:
+        known = s.scalars(select(Study.name).order_by(Study.name)).all()
+        shown = ", ".join(known[:20]) or "none"
+        raise StudyNotFound(f"study {name!r} not found in this database (studies: {shown})")
+    return st
+
+
+def audit(s: Session, event_name: str, study_id: int | None, annotator_id: int | None = None, **detail) -> None:
+    s.add(AuditLog(study_id=study_id, annotator_id=annotator_id, event=event_name, detail=detail,
+                   created_at=utcnow()))
+
+
+__all__ = ["AccessDenied", "AnnotatorRow", "Assignment", "AuditLog", "Base", "Image", "Item", "Meta", "Run",
+           "SCHEMA_VERSION", "StoreError", "StoreUnavailable", "Study", "StudyExists", "StudyNotFound", "Vote",
+           "audit", "default_db_url", "dispose_engines", "find_study", "get_engine", "hash_token", "normalize_url",
+           "session", "utcnow"]

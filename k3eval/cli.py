@@ -92,7 +92,7 @@ def cmd_generators_list(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from k3eval.generate import generate_run, parse_shard
+    from k3eval.generate import generate_run, parse_shard, rank_device
     from k3eval.generators.base import check_dtype, parse_set_options
     from k3eval.generators.registry import get_entry
     from k3eval.prompts import load_prompt_set
@@ -101,18 +101,23 @@ def cmd_generate(args) -> int:
     entry = get_entry(args.generator)
     prompts = load_prompt_set(args.prompts).select(categories=args.categories, per_category=args.per_category,
                                                    limit=args.limit, seed=args.selection_seed)
-    gen = entry.create(parse_set_options(args.set or []), device=args.device, dtype=args.dtype)
+    device = rank_device(args.device)
+    gen = entry.create(parse_set_options(args.set or []), device=device, dtype=args.dtype)
     beautifier = None
     if args.beautify:
         from k3eval.generators.beautify import load_beautifier
 
-        beautifier = load_beautifier(args.beautify, device=args.device)
+        beautifier = load_beautifier(args.beautify, device=device)
     summary = generate_run(gen, prompts, args.out, samples=args.samples, seed=args.seed, batch_size=args.batch_size,
                            force=args.force, shard=parse_shard(args.shard), progress=not args.quiet,
-                           beautifier=beautifier)
+                           beautifier=beautifier, retry_bad=args.retry_bad)
     bad = {k: v for k, v in summary.status_counts.items() if k != "ok"}
     print(f"{summary.run_dir}: {summary.generated} generated, {summary.done_before} already done, "
           f"{summary.total} in this run" + (f"; bad outputs: {bad}" if bad else ""))
+    run_bad = {k: v for k, v in summary.run_counts.items() if k != "ok"}
+    if run_bad:
+        print(f"{summary.run_dir}: the run holds bad outputs {run_bad}; `--retry-bad` remakes them with the same "
+              "seeds (in fp32 where the generator supports it)")
     return 0
 
 
@@ -130,6 +135,8 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a generator parameter (repeatable)")
     p.add_argument("--shard", default=None, help="I/N: make only every N-th image starting at I (job arrays)")
     p.add_argument("--force", action="store_true", help="delete what the folder holds and regenerate everything")
+    p.add_argument("--retry-bad", action="store_true",
+                   help="remake images with status nan/black with the same seeds (in fp32 where supported)")
     p.add_argument("--beautify", metavar="MODEL", default=None,
                    help="rewrite each prompt with this causal LM first (the Kandinsky 3 report's prompt beautification;"
                    " e.g. Intel/neural-chat-7b-v3-1)")

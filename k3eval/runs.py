@@ -3,11 +3,16 @@
 Crash safety: an image is written under a temporary name and renamed; its manifest row is appended to a per-writer
 journal (`.journal/*.jsonl`, one fsync'd line per image) only after the rename. `manifest.parquet` is rebuilt from
 the journals atomically. A torn last journal line (a crash mid-write) is ignored, so the manifest never holds a row
-whose image is incomplete.
+whose image is incomplete; the next append starts on a fresh line so the torn one cannot swallow a good row.
+Temporary files a kill leaves behind (`.NAME.*.tmp`) are never read and are removed when the run is merged.
+
+Several writers (torchrun ranks, `--shard I/N` jobs) each append to their own journal and, when done, leave a
+marker `.journal/shard-I-of-N.done`; the manifest is merged once every shard of the same N has finished.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -19,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from k3eval.errors import UserError
-from k3eval.utils import atomic_write_bytes, atomic_write_json, now_iso, sha256_bytes
+from k3eval.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, now_iso, sha256_bytes
 
 MANIFEST_COLUMNS = ["prompt_set", "prompt_id", "prompt", "category", "sample", "seed", "path", "width", "height",
                     "steps", "guidance", "seconds", "status", "sha256", "bytes", "generator"]
@@ -79,6 +84,10 @@ class RunFolder:
     def scores_dir(self) -> Path:
         return self.path / "scores"
 
+    @property
+    def prompts_path(self) -> Path:
+        return self.path / "prompts.parquet"
+
     def exists(self) -> bool:
         return self.run_json.exists()
 
@@ -109,7 +118,7 @@ class RunFolder:
         for p in (self.path / "images", self.journal_dir, self.scores_dir):
             if p.exists():
                 shutil.rmtree(p)
-        for p in (self.manifest_path, self.run_json):
+        for p in (self.manifest_path, self.run_json, self.prompts_path):
             p.unlink(missing_ok=True)
 
     # ---- images -------------------------------------------------------------------------------------------------
@@ -143,7 +152,12 @@ class RunFolder:
         """Append rows to this writer's journal, one line each, fsync'd: a row is durable once this returns."""
         self.journal_dir.mkdir(parents=True, exist_ok=True)
         lines = "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in rows)
-        with open(self.journal_path(writer), "a", encoding="utf-8") as f:
+        path = self.journal_path(writer)
+        # A kill mid-line leaves a torn last line without its newline; appending straight after it would glue the
+        # next (good) row onto it and lose both. Start on a fresh line instead: the torn line stays unparseable alone.
+        if _ends_without_newline(path):
+            lines = "\n" + lines
+        with open(path, "a", encoding="utf-8") as f:
             f.write(lines)
             f.flush()
             os.fsync(f.fileno())
@@ -190,6 +204,66 @@ class RunFolder:
             shutil.rmtree(self.journal_dir)
         return df
 
+    # ---- shards -------------------------------------------------------------------------------------------------
+    def shard_marker(self, rank: int, world: int) -> Path:
+        return self.journal_dir / f"shard-{rank:03d}-of-{world:03d}.done"
+
+    def mark_shard_done(self, rank: int, world: int) -> None:
+        """Record that shard `rank` of `world` has journaled every image it was given."""
+        self.journal_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.shard_marker(rank, world), now_iso() + "\n")
+
+    def shards_done(self, world: int) -> list[int]:
+        """Ranks of a `world`-way split that have finished."""
+        return [r for r in range(world) if self.shard_marker(r, world).exists()]
+
+    @contextlib.contextmanager
+    def merge_lock(self):
+        """An exclusive lock on the run folder, so two shards finishing together do not both merge."""
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".merge.lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def remove_stray_temporaries(self) -> list[Path]:
+        """Delete temporary files left by a killed writer (`.NAME.XXXX.tmp`, see `atomic_write_bytes`).
+
+        Only safe when no writer is active, i.e. while merging; returns what was removed.
+        """
+        removed = []
+        folders = [self.path, self.journal_dir, self.scores_dir]
+        images = self.path / "images"
+        if images.exists():
+            folders += [images, *(d for d in images.iterdir() if d.is_dir())]
+        for folder in folders:
+            if not folder.is_dir():
+                continue
+            for p in folder.glob(".*.tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    removed.append(p)
+        return removed
+
+    # ---- the prompt list of the run -----------------------------------------------------------------------------
+    def write_prompts(self, frame) -> None:
+        """Store the run's prompts (prompt_id, prompt, category, in work order) so a later merge knows them."""
+        buf = io.BytesIO()
+        frame.to_parquet(buf, index=False)
+        atomic_write_bytes(self.prompts_path, buf.getvalue())
+
+    def read_prompts(self):
+        import pandas as pd
+
+        if not self.prompts_path.exists():
+            raise UserError(f"run folder {self.path} has no prompts.parquet (made by a k3eval before 0.1?): "
+                            "rerun `k3eval generate` with the same arguments to merge it")
+        return pd.read_parquet(self.prompts_path)
+
     def ok_rows(self):
         """Manifest rows whose status is 'ok' (what metrics and studies use)."""
         df = self.read_manifest()
@@ -197,6 +271,18 @@ class RunFolder:
 
     def image_path(self, row: dict[str, Any]) -> Path:
         return self.path / str(row["path"])
+
+
+def _ends_without_newline(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
 
 
 def _json_default(o: Any) -> Any:

@@ -1,0 +1,59 @@
+"""`k3eval import` (images made elsewhere -> run folder) and `k3eval runs merge` (sharded runs).
+
+Imports nothing heavy at module level: `k3eval --help` must not load torch.
+"""
+
+from __future__ import annotations
+
+
+def cmd_import(args) -> int:
+    from k3eval.importer import import_images
+    from k3eval.prompts import load_prompt_set
+
+    prompts = load_prompt_set(args.prompts).select(categories=args.categories, per_category=args.per_category,
+                                                   limit=args.limit, seed=args.selection_seed)
+    report = import_images(args.images_dir, args.mapping, prompts, args.out, name=args.name, version=args.version,
+                           date=args.date, force=args.force, allow_missing=not args.strict,
+                           progress=True)
+    for line in report.lines():
+        print(line)
+    return 0
+
+
+def cmd_runs_merge(args) -> int:
+    from k3eval.generate import merge_run
+
+    totals = merge_run(args.run_dir)
+    status = ", ".join(f"{k}: {v}" for k, v in totals["status"].items()) or "no images"
+    print(f"{args.run_dir}: {totals['images']} of {totals['expected']} images ({status}); "
+          f"{totals['missing']} missing" + ("; rerun the missing shards, then merge again" if totals["missing"]
+                                            else ""))
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add `import` and `runs merge` to the k3eval command."""
+    from k3eval.cli import add_prompt_selection
+
+    p = subparsers.add_parser("import", help="turn images made elsewhere (DALL-E 3, Midjourney...) into a run folder",
+                              description="Every image is decoded and checked; nothing is imported half-way.")
+    p.add_argument("images_dir", metavar="IMAGES_DIR", help="folder holding the images (paths in the mapping are "
+                   "relative to it)")
+    p.add_argument("--mapping", required=True, help="CSV with columns file, prompt_id or prompt (exact text), and "
+                   "optional sample (default 0)")
+    p.add_argument("--prompts", required=True, help="the prompt set the images answer (same spec as generate)")
+    add_prompt_selection(p)
+    p.add_argument("--name", required=True, help="system name recorded in run.json (e.g. dall-e-3)")
+    p.add_argument("--version", default=None, help="system version (e.g. 'API 2024-02')")
+    p.add_argument("--date", default=None, help="when the images were made, YYYY-MM-DD")
+    p.add_argument("--out", required=True, help="run folder to create")
+    p.add_argument("--force", action="store_true", help="replace an existing run folder at --out")
+    p.add_argument("--strict", action="store_true", help="refuse the import when a prompt has no image")
+    p.set_defaults(func=cmd_import)
+
+    p = subparsers.add_parser("runs", help="run-folder maintenance (merge the parts of a sharded run)")
+    # type(p): the k3eval parser class, whose usage errors exit 2 with one line
+    rsub = p.add_subparsers(dest="runs_command", metavar="ACTION", required=True, parser_class=type(p))
+    m = rsub.add_parser("merge", help="merge the journals of every shard into manifest.parquet")
+    m.add_argument("run_dir", metavar="RUN_DIR")
+    m.set_defaults(func=cmd_runs_merge)

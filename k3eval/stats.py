@@ -56,10 +56,52 @@ def group_resample_weights(n_groups: int, n_resamples: int, seed: int) -> np.nda
     """(n_resamples, n_groups) counts: how often each group is drawn in each resample (groups drawn with
     replacement, n_groups per resample). Multiplying by per-group sums gives resampled totals without copying data.
     """
+    return stratified_resample_weights(np.zeros(n_groups, dtype=np.int64), n_resamples, seed)
+
+
+def stratified_resample_weights(strata: Sequence | np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """Like `group_resample_weights`, but groups are drawn with replacement within each stratum (e.g. prompts within
+    their category), so every resample keeps the number of groups per stratum. `strata` has one label per group.
+    With a single stratum this is exactly `group_resample_weights` with the same seed."""
+    labels = np.asarray(strata)
+    n_groups = labels.size
     rng = np.random.default_rng(seed)
     if n_groups == 0:
         return np.zeros((n_resamples, 0))
-    return rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_resamples).astype(np.float64)
+    _, inverse = np.unique(labels, return_inverse=True)
+    # picks[b, slot] = the group drawn into that slot of resample b; a stratum's slots draw only its own groups
+    picks = np.empty((n_resamples, n_groups), dtype=np.int64)
+    for k in range(int(inverse.max()) + 1):
+        members = np.flatnonzero(inverse == k)
+        picks[:, members] = members[rng.integers(0, members.size, size=(n_resamples, members.size))]
+    picks += (np.arange(n_resamples, dtype=np.int64) * n_groups)[:, None]
+    counts = np.bincount(picks.ravel(), minlength=n_resamples * n_groups)
+    return counts.reshape(n_resamples, n_groups).astype(np.float64)
+
+
+def ratio_bootstrap_ci(weights: np.ndarray, sums: np.ndarray, counts: np.ndarray, level: float = 0.95
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile intervals of ratios sum/count for many cells at once from group resampling weights.
+
+    weights: (resamples, groups) from `group_resample_weights`/`stratified_resample_weights`; sums, counts:
+    (groups, cells), e.g. per prompt the total score and the number of votes of each cell. Resamples in which a cell
+    has no votes are left out of that cell's quantiles. Returns (low, high), each (cells,); nan for cells with fewer
+    than two groups holding votes.
+    """
+    _check_level(level)
+    num = weights @ sums
+    den = weights @ counts
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(den > 0, num / den, np.nan)
+    a = (1.0 - level) / 2.0
+    enough = (counts > 0).sum(axis=0) >= 2
+    if not enough.any():
+        return np.full(sums.shape[1], np.nan), np.full(sums.shape[1], np.nan)
+    lo = np.full(sums.shape[1], np.nan)
+    hi = np.full(sums.shape[1], np.nan)
+    q = np.nanquantile(ratio[:, enough], [a, 1.0 - a], axis=0)
+    lo[enough], hi[enough] = q[0], q[1]
+    return lo, hi
 
 
 def _check_level(level: float) -> None:
@@ -303,10 +345,13 @@ def ratings_matrix(frame: pd.DataFrame, item: str = "item", rater: str = "rater"
                    ) -> tuple[np.ndarray, list, list]:
     """Long ratings (one row per rating) to a (raters, items) float matrix with nan where a rater skipped an item.
 
-    Returns (matrix, rater labels, item labels). A rater rating an item twice keeps the last rating.
+    Returns (matrix, rater labels, item labels), labels sorted. A rater rating an item twice keeps the last rating.
     """
-    wide = frame.pivot_table(index=rater, columns=item, values=value, aggfunc="last")
-    return wide.to_numpy(dtype=np.float64), list(wide.index), list(wide.columns)
+    r_codes, raters = pd.factorize(frame[rater], sort=True)
+    i_codes, items = pd.factorize(frame[item], sort=True)
+    m = np.full((len(raters), len(items)), np.nan)
+    m[r_codes, i_codes] = frame[value].to_numpy(dtype=np.float64)  # later rows overwrite earlier ones
+    return m, list(raters), list(items)
 
 
 def _value_counts(reliability: np.ndarray, domain: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -340,17 +385,15 @@ def majority_agreement(reliability: np.ndarray) -> tuple[float, np.ndarray]:
     """
     r = np.asarray(reliability, dtype=np.float64)
     counts, vals = _value_counts(r)
-    hits = np.zeros(r.shape[0])
-    total = np.zeros(r.shape[0])
-    for vi, v in enumerate(vals):
-        mine = r == v  # (raters, items)
-        others = counts[None, :, :] - mine[:, :, None] * (np.arange(vals.size) == vi)[None, None, :]
-        top = others.max(axis=2)
-        strict = (others == top[:, :, None]).sum(axis=2) == 1
-        valid = mine & strict & (top > 0)
-        agree = valid & (others[:, :, vi] == top)
-        hits += agree.sum(axis=1)
-        total += valid.sum(axis=1)
+    rater, item = np.nonzero(~np.isnan(r))
+    code = np.searchsorted(vals, r[rater, item])
+    others = counts[item].copy()
+    others[np.arange(code.size), code] -= 1.0
+    top = others.max(axis=1) if code.size else np.zeros(0)
+    valid = ((others == top[:, None]).sum(axis=1) == 1) & (top > 0)
+    agree = valid & (others[np.arange(code.size), code] == top)
+    hits = np.bincount(rater, weights=agree.astype(float), minlength=r.shape[0])
+    total = np.bincount(rater, weights=valid.astype(float), minlength=r.shape[0])
     per_rater = np.divide(hits, total, out=np.full(r.shape[0], np.nan), where=total > 0)
     pooled = float(hits.sum() / total.sum()) if total.sum() else float("nan")
     return pooled, per_rater
@@ -503,8 +546,10 @@ def quality_control(votes: pd.DataFrame, config: QCConfig | None = None) -> pd.D
     return out[cols]
 
 
-__all__ = ["ELO_CENTRE", "ELO_SCALE", "BradleyTerryResult", "QCConfig", "benjamini_hochberg", "bootstrap_ci",
-           "bradley_terry", "bradley_terry_fit", "fleiss_kappa", "group_resample_weights", "holm",
-           "krippendorff_alpha", "longest_run", "majority_agreement", "pair_score_matrix", "quality_control",
-           "ratings_matrix", "raw_agreement", "separated_ranks", "sign_test", "tie_half_ci", "tie_half_score",
-           "to_elo", "wilson_ci"]
+__all__ = [
+    "ELO_CENTRE", "ELO_SCALE", "BradleyTerryResult", "QCConfig", "benjamini_hochberg", "bootstrap_ci", "bradley_terry",
+    "bradley_terry_fit", "fleiss_kappa", "group_resample_weights", "holm", "krippendorff_alpha", "longest_run",
+    "majority_agreement", "pair_score_matrix", "quality_control", "ratings_matrix", "ratio_bootstrap_ci",
+    "raw_agreement", "separated_ranks", "sign_test", "stratified_resample_weights", "tie_half_ci", "tie_half_score",
+    "to_elo", "wilson_ci",
+]

@@ -22,6 +22,7 @@ from k3eval.sbs.service import (
     VoteResult,
     authenticate,
     create_study,
+    delete_study,
     image_bytes,
     item_view,
     mark_guideline_seen,
@@ -45,7 +46,7 @@ from k3eval.sbs.store import (
 __all__ = [
     "AccessDenied", "Admin", "AdminOverview", "Annotator", "AnnotatorStats", "ItemView", "Question", "QueueEntry",
     "StoreError", "StoreUnavailable", "StudyCreated", "StudyExists", "StudyNotFound", "VoteResult", "admin_overview",
-    "authenticate", "create_study", "default_db_url", "dispose_engines", "export_votes", "image_bytes", "item_view",
-    "mark_guideline_seen", "next_item", "previous_item", "progress", "queue", "record_vote", "revoke", "study_info",
-    "votes_frame",
+    "authenticate", "create_study", "default_db_url", "delete_study", "dispose_engines", "export_votes",
+    "image_bytes", "item_view", "mark_guideline_seen", "next_item", "previous_item", "progress", "queue",
+    "record_vote", "revoke", "study_info", "votes_frame",
 ]

@@ -306,6 +306,29 @@ def revoke(study: str, annotator: str, db_url: str | None = None) -> None:
         audit(s, "revoke", st.id, row.id)
 
 
+def delete_study(study: str, db_url: str | None = None) -> None:
+    """Delete a study with its items, annotators and votes (for `k3eval run --force`); the audit log keeps a
+    'delete' entry without a study id. Unknown names raise StudyNotFound."""
+    from sqlalchemy import delete
+
+    from k3eval.sbs.store import AuditLog
+    from k3eval.sbs.store import Vote as VoteRow
+
+    engine = get_engine(db_url)
+    with session(engine, write=True) as s:
+        st = find_study(s, study)
+        n_votes = s.scalar(select(func.count()).select_from(VoteRow).where(VoteRow.study_id == st.id))
+        # Children first, so that it works on databases without ON DELETE CASCADE enforcement.
+        for model in (VoteRow, Assignment, AuditLog):
+            s.execute(delete(model).where(model.study_id == st.id))
+        s.execute(delete(Item).where(Item.study_id == st.id, Item.repeat_of.is_not(None)))
+        s.execute(delete(Item).where(Item.study_id == st.id))
+        for model in (Image, AnnotatorRow, Run):
+            s.execute(delete(model).where(model.study_id == st.id))
+        s.execute(delete(Study).where(Study.id == st.id))
+        audit(s, "delete", None, study=study, votes=int(n_votes or 0))
+
+
 def mark_guideline_seen(annotator: Annotator) -> Annotator:
     """Record that the annotator has read the guideline; returns the updated Annotator."""
     engine = get_engine(annotator.db_url)
@@ -564,5 +587,5 @@ def _record(engine, annotator, item_id, question, answer, seconds, simulated) ->
 
 
 __all__ = ["Admin", "Annotator", "DEFAULT_BASE_URL", "ItemView", "Question", "QueueEntry", "StudyCreated",
-           "VoteResult", "authenticate", "create_study", "image_bytes", "item_view", "mark_guideline_seen",
-           "next_item", "previous_item", "progress", "queue", "record_vote", "revoke"]
+           "VoteResult", "authenticate", "create_study", "delete_study", "image_bytes", "item_view",
+           "mark_guideline_seen", "next_item", "previous_item", "progress", "queue", "record_vote", "revoke"]

@@ -211,6 +211,10 @@ class AuditLog(Base):
 _ENGINES: dict[str, Engine] = {}
 _ENGINES_LOCK = threading.Lock()
 _CHECKED: set[str] = set()
+# One SQLite writer at a time per process. SQLite's busy handler polls and is not fair: with dozens of threads
+# (Streamlit runs every browser session as a thread of one process) a writer can lose the race for seconds. Queuing
+# writers of this process on a lock leaves the busy timeout to arbitrate only between processes.
+_SQLITE_WRITE_LOCKS: dict[str, threading.Lock] = {}
 
 
 def normalize_url(db_url: str | None) -> str:
@@ -268,6 +272,7 @@ def _make_engine(url: str) -> Engine:
             path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
                                pool_size=8, max_overflow=56, pool_timeout=30)
+        _SQLITE_WRITE_LOCKS.setdefault(str(engine.url), threading.Lock())
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn, _record):
@@ -333,7 +338,10 @@ def session(engine: Engine, write: bool = False) -> Iterator[Session]:
     from sqlalchemy.exc import IntegrityError
 
     bind = engine.execution_options(k3eval_write=True) if write else engine
+    lock = _SQLITE_WRITE_LOCKS.get(str(engine.url)) if write else None
     s = Session(bind, expire_on_commit=False)
+    if lock is not None:
+        lock.acquire()
     try:
         with s.begin():
             yield s
@@ -347,6 +355,8 @@ def session(engine: Engine, write: bool = False) -> Iterator[Session]:
         raise
     finally:
         s.close()
+        if lock is not None:
+            lock.release()
 
 
 def find_study(s: Session, name: str) -> Study:

@@ -1,0 +1,382 @@
+"""The k3eval annotation app: blind side-by-side comparison of two images for one prompt.
+
+UI only: who may see what and what counts as a vote are decided by `k3eval.sbs` (authenticate, next_item,
+record_vote, ...); this script displays what those functions return and calls them. Start it with
+`k3eval sbs serve NAME`, which sets K3EVAL_SBS_STUDY and K3EVAL_DB (docs/annotation_app.md).
+
+Pages: sign-in (token from the link's `?token=` or typed), guideline (until the annotator has read it once),
+voting (one item at a time, keys 1-4 and A/S/D/F, auto-advance), done, and the admin dashboard for the admin token.
+Nothing on an annotator's page names a model or a file: images are re-encoded and served by content hash.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+
+import streamlit as st
+
+from k3eval.errors import UserError
+from k3eval.sbs import (
+    AccessDenied,
+    Admin,
+    StoreUnavailable,
+    admin_overview,
+    authenticate,
+    image_bytes,
+    item_view,
+    mark_guideline_seen,
+    next_item,
+    previous_item,
+    progress,
+    record_vote,
+    votes_frame,
+)
+from k3eval.sbs.images import DEFAULT_MAX_SIDE, DisplayCache
+
+STUDY_ENV = "K3EVAL_SBS_STUDY"
+DB_ENV = "K3EVAL_DB"
+# One key per answer: the first question on the digits, the second on the home row (C and R are Streamlit's own).
+ROW_KEYS = (("1", "2", "3", "4"), ("A", "S", "D", "F"))
+BACK_KEY = "B"
+HELP_KEY = "H"
+CONTINUE_KEY = "Enter"
+
+GUIDELINE = """
+You will see a text prompt and two images made from it. For each pair, answer two questions:
+
+1. **Which image matches the text better?** Look at what the text asks for: objects, counts, colours, positions,
+   style, written words. Ignore how pretty the image is.
+2. **Which image has better visual quality?** Look at the image alone: sharpness, anatomy, artefacts, composition,
+   realism or consistency of the style. Ignore the text.
+
+For each question choose **Left**, **Right**, **Equal** (both are about as good) or **Both bad** (neither is
+acceptable). The sides are random, and there are no right answers except a few obvious check items: go with your
+first impression, usually a few seconds per pair.
+
+**Keyboard:** `1` `2` `3` `4` answer the first question (left, right, equal, both bad), `A` `S` `D` `F` the second.
+The next pair appears as soon as both are answered. `B` goes back to the previous pair to change an answer.
+You can also click the buttons. Your answers are saved at once: close the tab whenever you like and open your link
+again later to continue where you stopped.
+"""
+
+# Static styling only (no data is ever interpolated here): large prompt, images that fit the screen with the buttons.
+STYLE = """
+<style>
+[data-testid="stMainBlockContainer"] { padding-top: 1.2rem; padding-bottom: 1rem; }
+header[data-testid="stHeader"] { height: 0; }
+.st-key-prompt [data-testid="stText"], .st-key-prompt [data-testid="stText"] span { font-size: 1.35rem;
+  line-height: 1.4; white-space: pre-wrap; overflow-wrap: anywhere; }
+.st-key-prompt [data-testid="stText"] { max-height: 5.6em; overflow-y: auto; }
+.st-key-left_image [data-testid="stFullScreenFrame"] > div, .st-key-right_image [data-testid="stFullScreenFrame"] > div,
+.st-key-left_image [data-testid="stImage"], .st-key-right_image [data-testid="stImage"] { width: 100% !important; }
+.st-key-left_image [data-testid="stImageContainer"], .st-key-right_image [data-testid="stImageContainer"] {
+  display: flex; justify-content: center; width: 100%; }
+.st-key-left_image img, .st-key-right_image img { max-height: 60vh; width: auto !important; max-width: 100%;
+  object-fit: contain; }
+.side-label { text-align: center; font-weight: 600; font-size: 1.05rem; }
+</style>
+"""
+
+
+# ---- configuration and shared resources ----------------------------------------------------------------------------
+@st.cache_resource
+def display_cache() -> DisplayCache:
+    """One cache of display JPEGs per server process, shared by every session."""
+    return DisplayCache()
+
+
+def served_study() -> str | None:
+    """The study this server serves: K3EVAL_SBS_STUDY (set by `k3eval sbs serve`), else the link's `study`."""
+    return os.environ.get(STUDY_ENV) or st.query_params.get("study") or None
+
+
+def db_url() -> str | None:
+    return os.environ.get(DB_ENV) or None
+
+
+def flash(kind: str, message: str) -> None:
+    """Queue a message for the next run (callbacks run before the page is drawn)."""
+    st.session_state.setdefault("flash", []).append((kind, message))
+
+
+def show_flash() -> None:
+    for kind, message in st.session_state.pop("flash", []):
+        {"error": st.error, "warning": st.warning, "info": st.info}.get(kind, st.info)(message)
+
+
+def forget_user() -> None:
+    for key in ("who", "token", "edit", "shown", "current_item"):
+        st.session_state.pop(key, None)
+
+
+# ---- sign-in ------------------------------------------------------------------------------------------------------
+def sign_in(token: str, study: str) -> None:
+    """Authenticate once per browser session (each call writes a login row to the audit log)."""
+    who = authenticate(token, study, db_url())
+    forget_user()
+    st.session_state.who = who
+    st.session_state.token = token
+    if st.query_params.get("token") != token:
+        # Keep the token in the address so that a refresh signs in again and resumes where the annotator was.
+        st.query_params["token"] = token
+
+
+def on_typed_token(study: str) -> None:
+    token = (st.session_state.get("typed_token") or "").strip()
+    if not token:
+        flash("warning", "Enter the token from your personal link.")
+        return
+    try:
+        sign_in(token, study)
+    except AccessDenied as e:
+        flash("error", str(e))
+    except (StoreUnavailable, UserError) as e:
+        flash("error", str(e))
+
+
+def current_user(study: str):
+    """The signed-in Annotator or Admin, or None. A token in the link signs in (again after a refresh)."""
+    token = (st.query_params.get("token") or "").strip()
+    who = st.session_state.get("who")
+    if who is not None and (not token or token == st.session_state.get("token")):
+        return who
+    if token:
+        try:
+            sign_in(token, study)
+        except AccessDenied as e:
+            forget_user()
+            st.error(str(e))
+            return None
+        return st.session_state.who
+    return None
+
+
+def login_page(study: str) -> None:
+    st.title("Image comparison")
+    st.write("Open your personal link, or paste the token it contains.")
+    with st.form("login", border=False):
+        st.text_input("Token", key="typed_token", type="password", placeholder="token from your link")
+        st.form_submit_button("Sign in", type="primary", on_click=on_typed_token, args=(study,))
+
+
+# ---- annotator pages ----------------------------------------------------------------------------------------------
+def on_guideline_read() -> None:
+    try:
+        st.session_state.who = mark_guideline_seen(st.session_state.who)
+        st.session_state.reading_guideline = False
+    except (StoreUnavailable, UserError) as e:
+        flash("error", str(e))
+
+
+def guideline_page(first_time: bool) -> None:
+    st.title("Guideline")
+    st.markdown(GUIDELINE)
+    st.button("Start" if first_time else "Continue", key="start", type="primary", shortcut=CONTINUE_KEY,
+              on_click=on_guideline_read)
+
+
+def on_answer(item_id: int, question: str, answer: str, mode: str) -> None:
+    """Record one answer inside the button's callback, so the page is redrawn only after the commit."""
+    who = st.session_state.get("who")
+    if who is None:
+        return
+    try:
+        if mode == "edit":
+            if st.session_state.get("edit") != item_id:
+                return  # a click on a page that was already replaced
+        else:
+            view = item_view(who, item_id)
+            if view.complete:
+                # A key pressed while the next pair was loading still targets the pair just finished: do not let it
+                # overwrite a finished answer (use B to change an answer on purpose).
+                flash("warning", "That key arrived before the next pair was shown, so it was not counted.")
+                return
+        shown = st.session_state.setdefault("shown", {})
+        seconds = time.monotonic() - shown.get(item_id, time.monotonic())
+        record_vote(who, item_id, question, answer, seconds)
+    except AccessDenied as e:
+        forget_user()
+        flash("error", str(e))
+    except (StoreUnavailable, UserError) as e:
+        flash("error", f"Your answer was NOT saved: {e}")
+
+
+def on_back(before: int | None) -> None:
+    try:
+        prev = previous_item(st.session_state.who, before=before)
+    except (StoreUnavailable, UserError) as e:
+        flash("error", str(e))
+        return
+    if prev is None:
+        flash("info", "There is no earlier pair to change.")
+        return
+    st.session_state.edit = prev.item_id
+    st.session_state.setdefault("shown", {})[prev.item_id] = time.monotonic()
+
+
+def on_continue() -> None:
+    st.session_state.pop("edit", None)
+
+
+def on_show_guideline() -> None:
+    st.session_state.reading_guideline = True
+
+
+def show_image(who, content_id: str, key: str, label: str) -> None:
+    with st.container(key=key):
+        # The label is a constant ("Left"/"Right"): nothing about the image or its source reaches the page.
+        st.markdown(f'<div class="side-label">{label}</div>', unsafe_allow_html=True)
+        raw = image_bytes(who, content_id, reencode=False)  # checks that this annotator may see this image
+        st.image(display_cache().get(f"{who.db_url}|{content_id}", lambda: raw, DEFAULT_MAX_SIDE), width="stretch")
+
+
+def header(who, done: int, assigned: int, view, mode: str) -> None:
+    left, mid, right = st.columns([6, 1.2, 1.2], vertical_alignment="center")
+    with left, st.container(key="progress"):
+        st.progress(done / assigned if assigned else 0.0)
+        st.text(f"{done} / {assigned} done")
+    with mid:
+        before = view.item_id if view is not None else None
+        st.button("Previous", key="back", shortcut=BACK_KEY, on_click=on_back, args=(before,), width="stretch",
+                  help="Go back to the previous pair to change an answer")
+    with right:
+        st.button("Guideline", key="guideline", shortcut=HELP_KEY, on_click=on_show_guideline, width="stretch")
+
+
+def voting_page(who) -> None:
+    edit = st.session_state.get("edit")
+    mode = "edit" if edit is not None else "current"
+    view = item_view(who, edit) if edit is not None else next_item(who)
+    done, assigned = progress(who)
+    header(who, done, assigned, view, mode)
+    show_flash()
+    if view is None:
+        with st.container(key="all_done"):
+            st.success(f"All done: you answered all {assigned} pairs. Thank you! You can close this tab.")
+        return
+    st.session_state.setdefault("shown", {}).setdefault(view.item_id, time.monotonic())
+    if mode == "edit":
+        with st.container(key="editing"):
+            st.info(f"You are changing your answers for pair {view.position} of {view.total}. Click an answer to "
+                    "replace it, then Continue.")
+            st.button("Continue", key="continue", type="primary", shortcut=CONTINUE_KEY, on_click=on_continue)
+    else:
+        st.session_state.current_item = view.item_id
+    with st.container(key="prompt"):
+        st.text(view.prompt)  # plain text: never parsed as Markdown or HTML
+    cols = st.columns(2, gap="medium")
+    with cols[0]:
+        show_image(who, view.left, "left_image", "Left")
+    with cols[1]:
+        show_image(who, view.right, "right_image", "Right")
+    # The questions sit side by side under the images, so pair and buttons fit one laptop screen without scrolling.
+    qcols = st.columns(len(view.questions), gap="large")
+    for row, (qcol, q) in enumerate(zip(qcols, view.questions)):
+        keys = ROW_KEYS[row] if row < len(ROW_KEYS) else (None,) * len(q.answers)
+        with qcol, st.container(key=f"question_{q.key}"):
+            st.markdown(f"**{q.text}**")
+            buttons = st.columns(len(q.answers))
+            chosen = view.answers.get(q.key)
+            for col, (answer, label), key in zip(buttons, q.answers, keys):
+                col.button(label, key=f"ans_{q.key}_{answer}", shortcut=key,
+                           type="primary" if chosen == answer else "secondary", width="stretch",
+                           on_click=on_answer, args=(view.item_id, q.key, answer, mode))
+    with st.container(key="item_marker"):
+        st.caption(f"Pair {view.position} of {view.total}")
+
+
+def annotator_page(who) -> None:
+    first_time = not who.guideline_seen
+    if first_time or st.session_state.get("reading_guideline"):
+        show_flash()
+        guideline_page(first_time)
+        return
+    voting_page(who)
+
+
+# ---- admin page ---------------------------------------------------------------------------------------------------
+def export_data(admin: Admin, fmt: str) -> bytes:
+    df = votes_frame(admin)
+    if fmt == "parquet":
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        return buf.getvalue()
+    return df.to_csv(index=False).encode("utf-8")
+
+
+ADMIN_COLUMNS = {"name": "annotator", "done": "done", "assigned": "assigned", "votes": "votes",
+                 "gold_accuracy": "gold accuracy", "gold_total": "gold votes", "repeat_agreement": "repeat agreement",
+                 "median_seconds": "median s", "left_share": "left share", "longest_run": "longest run",
+                 "flags": "flags", "last_vote": "last vote"}
+FLAG_HELP = """
+**Flags** (for a look, never an automatic exclusion): `fast` median answer time under a third of the study's;
+`same_answer_run` 10 or more identical answers in a row; `left_bias` binomial test of left vs right, p < 0.01;
+`gold` under 70 % right on 3 or more gold items; `inconsistent` under 50 % agreement on swapped repeats;
+`revoked` the token was revoked.
+"""
+
+
+def admin_page(admin: Admin) -> None:
+    st.title("Study dashboard")
+    st.text(f"Study: {admin.study}")
+    show_flash()
+    ov = admin_overview(admin)
+    cols = st.columns(5)
+    cols[0].metric("Items", ov.n_items)
+    cols[1].metric("Annotators", len(ov.annotators))
+    cols[2].metric("Overlap", ov.overlap)
+    cols[3].metric("Votes", f"{ov.votes} / {ov.expected_votes}")
+    cols[4].metric("Logins / exports", f"{ov.logins} / {ov.exports}")
+    st.progress(ov.votes / ov.expected_votes if ov.expected_votes else 0.0)
+    frame = ov.frame()
+    if len(frame):
+        frame = frame[[c for c in ADMIN_COLUMNS if c in frame.columns]].rename(columns=ADMIN_COLUMNS)
+    with st.container(key="admin_table"):
+        st.dataframe(frame, hide_index=True, width="stretch")
+    st.markdown(FLAG_HELP)
+    st.subheader("Export votes")
+    c1, c2, c3 = st.columns([1, 1, 4])
+    c1.download_button("Download CSV", data=lambda: export_data(admin, "csv"), file_name="votes.csv",
+                       mime="text/csv", key="export_csv", on_click="ignore")
+    c2.download_button("Download Parquet", data=lambda: export_data(admin, "parquet"), file_name="votes.parquet",
+                       mime="application/vnd.apache.parquet", key="export_parquet", on_click="ignore")
+    c3.button("Refresh", key="refresh")  # a rerun re-reads the database: nothing here is cached
+
+
+# ---- page ---------------------------------------------------------------------------------------------------------
+def unavailable_page(err: Exception) -> None:
+    st.title("Image comparison")
+    with st.container(key="db_error"):
+        st.error(f"The study cannot be reached right now. Answers you already gave are saved.\n\n{err}")
+    st.button("Try again", key="retry", type="primary")
+
+
+def main() -> None:
+    st.set_page_config(page_title="Image comparison", layout="wide", initial_sidebar_state="collapsed")
+    st.html(STYLE)
+    study = served_study()
+    if not study:
+        st.error("No study is configured: start the app with `k3eval sbs serve NAME`.")
+        return
+    try:
+        who = current_user(study)
+        if who is None:
+            show_flash()
+            login_page(study)
+        elif isinstance(who, Admin):
+            admin_page(who)
+        else:
+            annotator_page(who)
+    except AccessDenied as e:
+        forget_user()
+        st.error(str(e))
+        login_page(study)
+    except StoreUnavailable as e:
+        unavailable_page(e)
+    except UserError as e:
+        st.error(str(e))
+
+
+main()

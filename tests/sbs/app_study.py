@@ -1,0 +1,149 @@
+"""Helpers for the annotation-app tests and the browser benchmark: photo-like run folders, a served study, Chromium.
+
+Photo-like images (smooth gradients and shapes) rather than noise: they compress like real generations, so the
+page weight and decode times are realistic.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from k3eval.runs import RunFolder
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def photo(size: int, seed: int) -> np.ndarray:
+    """A size x size RGB uint8 image: a two-colour gradient with a few soft shapes, all drawn from `seed`."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    t = np.linspace(0.0, 1.0, size, dtype=np.float32)[:, None, None]
+    base = (c0 * (1 - t) + c1 * t).astype(np.uint8).repeat(size, axis=1)
+    im = Image.fromarray(base)
+    draw = ImageDraw.Draw(im)
+    for _ in range(6):
+        x0, y0 = rng.integers(0, size * 3 // 4, 2)
+        w, h = rng.integers(size // 8, size // 3, 2)
+        draw.ellipse([int(x0), int(y0), int(x0 + w), int(y0 + h)], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    return np.asarray(im.filter(ImageFilter.GaussianBlur(radius=max(1, size // 256))))
+
+
+def make_photo_run(path: Path, generator: str, prompts: list[tuple[str, str, str]], size: int = 512,
+                   seed: int = 0) -> Path:
+    """A run folder (one sample per prompt) written through RunFolder's API, with photo-like PNGs."""
+    run = RunFolder(path)
+    run.write_info({"k3eval_run": 1, "identity": {"generator": generator}, "generator": {"name": generator},
+                    "prompt_set": {"name": "test-set", "hash": "photo-test-set"}, "samples": 1, "status": "complete"})
+    rows = []
+    for k, (pid, text, cat) in enumerate(prompts):
+        rel, sha, nbytes = run.write_image(pid, 0, photo(size, seed * 100_003 + k))
+        rows.append({"prompt_set": "test-set", "prompt_id": pid, "prompt": text, "category": cat, "sample": 0,
+                     "seed": k, "path": rel, "width": size, "height": size, "steps": 1, "guidance": 1.0,
+                     "seconds": 0.0, "status": "ok", "sha256": sha, "bytes": nbytes, "generator": generator})
+    run.append_rows("test", rows)
+    run.consolidate()
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`k3eval sbs serve NAME` on a free localhost port, as a child process (its own process group)."""
+
+    def __init__(self, study: str, db_url: str, log: Path, cwd: Path | None = None):
+        self.study, self.db_url, self.log_path = study, db_url, log
+        self.cwd = cwd or REPO
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90.0) -> Server:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "k3eval", "sbs", "serve", self.study, "--port", str(self.port),
+             "--address", "127.0.0.1", "--db", self.db_url],
+            cwd=self.cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"k3eval sbs serve exited with {self.proc.returncode}: "
+                                   f"{self.log_path.read_text(errors='replace')[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.base}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        return self
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"the app did not answer /_stcore/health within {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+        if getattr(self, "_log", None):
+            self._log.close()
+            self._log = None
+
+
+def chromium_available() -> str | None:
+    """None when Playwright and Debian's Chromium are usable, else why not."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed (pip install -e '.[dev]')"
+    if not (Path(CHROMIUM).exists() or shutil.which("chromium")):
+        return f"{CHROMIUM} not found (apt-get install chromium)"
+    return None
+
+
+def launch(playwright):
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+
+
+def wait_app(page, timeout_ms: int = 30_000) -> None:
+    page.wait_for_selector("[data-testid='stAppViewContainer']", timeout=timeout_ms)
+
+
+def wait_pair(page, position: int, total: int, timeout_ms: int = 20_000) -> None:
+    """Wait until pair `position` is on the page with both images decoded."""
+    page.wait_for_function(
+        """([want]) => {
+            const m = document.querySelector('.st-key-item_marker');
+            if (!m || !m.innerText.includes(want)) return false;
+            const imgs = document.querySelectorAll('.st-key-left_image img, .st-key-right_image img');
+            return imgs.length === 2 && [...imgs].every(i => i.complete && i.naturalWidth > 0);
+        }""", arg=[f"Pair {position} of {total}"], timeout=timeout_ms)
+
+
+def current_images(page) -> tuple[str, str]:
+    srcs = page.eval_on_selector_all(".st-key-left_image img, .st-key-right_image img", "els => els.map(e => e.src)")
+    return tuple(srcs)

@@ -1,0 +1,50 @@
+"""`k3eval report --runs RUN... [--study NAME] --out DIR`: the comparison report from stored runs, scores and votes.
+
+Heavy modules are imported inside the handler, so `k3eval --help` stays light.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _nonnegative(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def cmd_report(args) -> int:
+    from k3eval.report.build import build_report
+
+    if args.resamples < 1:
+        from k3eval.errors import UserError
+
+        raise UserError(f"--resamples: expected at least 1, got {args.resamples}")
+    index = build_report(args.runs, args.out, study=args.study, db_url=args.db, n_resamples=args.resamples,
+                         seed=args.seed, examples=args.examples, title=args.title)
+    print(f"report: {index}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add `k3eval report`."""
+    p = subparsers.add_parser("report", help="write the comparison report (HTML, Markdown, CSV, PNG) from stored runs, "
+                              "scores and a study's votes")
+    p.add_argument("--runs", nargs="+", required=True, metavar="RUN",
+                   help="run folders (RUN_DIR or NAME=RUN_DIR); names must match the study's run names")
+    p.add_argument("--study", default=None, help="side-by-side study to include (its votes and facts)")
+    p.add_argument("--db", default=None, help="vote database URL (default: $K3EVAL_DB or sqlite:///k3eval.db)")
+    p.add_argument("--out", required=True, help="report folder (index.html, report.md, tables/, figures/)")
+    p.add_argument("--resamples", type=_nonnegative, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every bootstrap (default 0)")
+    p.add_argument("--examples", type=_nonnegative, default=4, help="examples of each kind (default 4)")
+    p.add_argument("--title", default=None, help="report title (default: from the benchmark name)")
+    p.set_defaults(func=cmd_report)
+
+
+__all__ = ["register"]

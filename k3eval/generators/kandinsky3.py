@@ -235,7 +235,7 @@ class Kandinsky3ReleasedGenerator(Generator):
             proj_sd = conv.load_projection(proj_path)
             config = conv.infer_config(unet_sd, proj_sd, head_dim=int(self.params["head_dim"]),
                                        groups=int(self.params["groups"]))
-            unet = conv.build_unet(unet_sd, proj_sd, config, source=f"U-Net checkpoint {path}").to(dtype)
+            unet = conv.build_unet(unet_sd, proj_sd, config, source=f"U-Net checkpoint {path}", dtype=dtype)
             self._sources["unet"] = {"path": str(path), "bytes": path.stat().st_size, "format": "official .pt"}
             self._sources["projection"] = {"path": str(proj_path), "bytes": proj_path.stat().st_size}
         if null.numel() != unet.config.cross_attention_dim:

@@ -206,14 +206,17 @@ def expected_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
 
 
 def build_unet(unet_sd: dict[str, Any], projection_sd: dict[str, Any], config: dict[str, Any] | None = None,
-               source: str = "U-Net checkpoint"):
-    """A Kandinsky3UNet holding the official weights (renamed, checked, then assigned without a second copy)."""
+               source: str = "U-Net checkpoint", dtype=None):
+    """A Kandinsky3UNet holding the official weights (renamed, checked, cast to `dtype` if given, then assigned
+    without a second copy)."""
     import torch
     from diffusers import Kandinsky3UNet
 
     config = config or infer_config(unet_sd, projection_sd)
     converted = from_official(unet_sd, projection_sd)
     check_state_dict(converted, expected_shapes(config), source)
+    if dtype is not None:
+        converted = {k: v.to(dtype) for k, v in converted.items()}
     with torch.device("meta"):
         model = Kandinsky3UNet(**config)
     model.load_state_dict(converted, strict=True, assign=True)
@@ -239,9 +242,8 @@ def convert_checkpoint(unet_path: str | Path, projection_path: str | Path, out_d
     if null.numel() != config["cross_attention_dim"]:
         raise UserError(f"U-Net checkpoint {unet_path}: null_embedding has {null.numel()} values, expected "
                         f"{config['cross_attention_dim']} (the context size)")
-    model = build_unet(unet_sd, projection_sd, config, source=f"U-Net checkpoint {unet_path}")
     target = torch_dtype(dtype)
-    model = model.to(target)
+    model = build_unet(unet_sd, projection_sd, config, source=f"U-Net checkpoint {unet_path}", dtype=target)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=True)
     save_file({"null_embedding": null.to(target).contiguous()}, str(out / NULL_EMBEDDING_FILE))

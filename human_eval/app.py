@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import time
 
 import streamlit as st
+from sqlalchemy.exc import SQLAlchemyError
 
 from k3eval.errors import UserError
 from k3eval.sbs import (
@@ -43,22 +45,23 @@ BACK_KEY = "B"
 HELP_KEY = "H"
 CONTINUE_KEY = "Enter"
 
-GUIDELINE = """
-You will see a text prompt and two images made from it. For each pair, answer two questions:
-
-1. **Which image matches the text better?** Look at what the text asks for: objects, counts, colours, positions,
-   style, written words. Ignore how pretty the image is.
-2. **Which image has better visual quality?** Look at the image alone: sharpness, anatomy, artefacts, composition,
-   realism or consistency of the style. Ignore the text.
-
+GUIDELINE_INTRO = "You will see a text prompt and two images made from it. For each pair, answer:"
+# What to look at, per question key of k3eval.sbs (the question wording itself comes from k3eval.sbs).
+QUESTION_HINTS = {
+    "alignment": "Look at what the text asks for: objects, counts, colours, positions, style, written words. "
+                 "Ignore how pretty the image is.",
+    "quality": "Look at the images alone: sharpness, anatomy, artefacts, composition, realism or a consistent "
+               "style. Ignore the text.",
+}
+GUIDELINE_ANSWERS = """
 For each question choose **Left**, **Right**, **Equal** (both are about as good) or **Both bad** (neither is
-acceptable). The sides are random, and there are no right answers except a few obvious check items: go with your
+acceptable). The sides are random, and there are no right answers except a few obvious check pairs: go with your
 first impression, usually a few seconds per pair.
-
-**Keyboard:** `1` `2` `3` `4` answer the first question (left, right, equal, both bad), `A` `S` `D` `F` the second.
-The next pair appears as soon as both are answered. `B` goes back to the previous pair to change an answer.
-You can also click the buttons. Your answers are saved at once: close the tab whenever you like and open your link
-again later to continue where you stopped.
+"""
+GUIDELINE_END = """
+The next pair appears as soon as every question is answered. `B` goes back to the previous pair to change an
+answer, `H` shows this page again. You can also click the buttons. Your answers are saved at once: close the tab
+whenever you like and open your link again later to continue where you stopped.
 """
 
 # Static styling only (no data is ever interpolated here): large prompt, images that fit the screen with the buttons.
@@ -75,7 +78,6 @@ header[data-testid="stHeader"] { height: 0; }
   display: flex; justify-content: center; width: 100%; }
 .st-key-left_image img, .st-key-right_image img { max-height: 60vh; width: auto !important; max-width: 100%;
   object-fit: contain; }
-.side-label { text-align: center; font-weight: 600; font-size: 1.05rem; }
 </style>
 """
 
@@ -96,6 +98,19 @@ def db_url() -> str | None:
     return os.environ.get(DB_ENV) or None
 
 
+def describe(err: Exception) -> str:
+    """A message for a person. Store errors already are; a raw driver error is not shown (it may hold paths)."""
+    if isinstance(err, UserError):
+        return str(err)
+    return f"the vote database failed ({type(err).__name__}); try again in a moment"
+
+
+def inert(text: str) -> str:
+    """Text for st.error/st.info, which parse Markdown: every ASCII punctuation character is backslash-escaped
+    (CommonMark), so links, emphasis, `:icon:` codes and HTML in a message show as typed."""
+    return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", str(text))
+
+
 def flash(kind: str, message: str) -> None:
     """Queue a message for the next run (callbacks run before the page is drawn)."""
     st.session_state.setdefault("flash", []).append((kind, message))
@@ -103,7 +118,7 @@ def flash(kind: str, message: str) -> None:
 
 def show_flash() -> None:
     for kind, message in st.session_state.pop("flash", []):
-        {"error": st.error, "warning": st.warning, "info": st.info}.get(kind, st.info)(message)
+        {"error": st.error, "warning": st.warning, "info": st.info}.get(kind, st.info)(inert(message))
 
 
 def forget_user() -> None:
@@ -132,8 +147,8 @@ def on_typed_token(study: str) -> None:
         sign_in(token, study)
     except AccessDenied as e:
         flash("error", str(e))
-    except (StoreUnavailable, UserError) as e:
-        flash("error", str(e))
+    except (UserError, SQLAlchemyError) as e:
+        flash("error", describe(e))
 
 
 def current_user(study: str):
@@ -147,7 +162,7 @@ def current_user(study: str):
             sign_in(token, study)
         except AccessDenied as e:
             forget_user()
-            st.error(str(e))
+            st.error(inert(str(e)))
             return None
         return st.session_state.who
     return None
@@ -158,7 +173,7 @@ def login_page(study: str) -> None:
     st.write("Open your personal link, or paste the token it contains.")
     with st.form("login", border=False):
         st.text_input("Token", key="typed_token", type="password", placeholder="token from your link")
-        st.form_submit_button("Sign in", type="primary", on_click=on_typed_token, args=(study,))
+        st.form_submit_button("Sign in", key="sign_in", type="primary", on_click=on_typed_token, args=(study,))
 
 
 # ---- annotator pages ----------------------------------------------------------------------------------------------
@@ -166,13 +181,22 @@ def on_guideline_read() -> None:
     try:
         st.session_state.who = mark_guideline_seen(st.session_state.who)
         st.session_state.reading_guideline = False
-    except (StoreUnavailable, UserError) as e:
-        flash("error", str(e))
+    except (UserError, SQLAlchemyError) as e:
+        flash("error", describe(e))
 
 
-def guideline_page(first_time: bool) -> None:
+def guideline_page(who, first_time: bool) -> None:
     st.title("Guideline")
-    st.markdown(GUIDELINE)
+    view = next_item(who) or previous_item(who)
+    questions = view.questions if view is not None else ()
+    lines = [GUIDELINE_INTRO, ""]
+    for n, q in enumerate(questions, 1):
+        lines.append(f"{n}. **{q.text}** {QUESTION_HINTS.get(q.key, '')}")
+    st.markdown("\n".join(lines))
+    st.markdown(GUIDELINE_ANSWERS)
+    keys = [f"{', '.join(f'`{k}`' for k in ROW_KEYS[n])} answer question {n + 1} (left, right, equal, both bad)"
+            for n in range(min(len(questions), len(ROW_KEYS)))]
+    st.markdown("**Keyboard:** " + "; ".join(keys) + ". " + GUIDELINE_END)
     st.button("Start" if first_time else "Continue", key="start", type="primary", shortcut=CONTINUE_KEY,
               on_click=on_guideline_read)
 
@@ -199,15 +223,15 @@ def on_answer(item_id: int, question: str, answer: str, mode: str) -> None:
     except AccessDenied as e:
         forget_user()
         flash("error", str(e))
-    except (StoreUnavailable, UserError) as e:
-        flash("error", f"Your answer was NOT saved: {e}")
+    except (UserError, SQLAlchemyError) as e:
+        flash("error", f"Your answer was NOT saved: {describe(e)}")
 
 
 def on_back(before: int | None) -> None:
     try:
         prev = previous_item(st.session_state.who, before=before)
-    except (StoreUnavailable, UserError) as e:
-        flash("error", str(e))
+    except (UserError, SQLAlchemyError) as e:
+        flash("error", describe(e))
         return
     if prev is None:
         flash("info", "There is no earlier pair to change.")
@@ -227,7 +251,7 @@ def on_show_guideline() -> None:
 def show_image(who, content_id: str, key: str, label: str) -> None:
     with st.container(key=key):
         # The label is a constant ("Left"/"Right"): nothing about the image or its source reaches the page.
-        st.markdown(f'<div class="side-label">{label}</div>', unsafe_allow_html=True)
+        st.markdown(f"**{label}**", text_alignment="center")
         raw = image_bytes(who, content_id, reencode=False)  # checks that this annotator may see this image
         st.image(display_cache().get(f"{who.db_url}|{content_id}", lambda: raw, DEFAULT_MAX_SIDE), width="stretch")
 
@@ -291,7 +315,7 @@ def annotator_page(who) -> None:
     first_time = not who.guideline_seen
     if first_time or st.session_state.get("reading_guideline"):
         show_flash()
-        guideline_page(first_time)
+        guideline_page(who, first_time)
         return
     voting_page(who)
 
@@ -306,10 +330,22 @@ def export_data(admin: Admin, fmt: str) -> bytes:
     return df.to_csv(index=False).encode("utf-8")
 
 
-ADMIN_COLUMNS = {"name": "annotator", "done": "done", "assigned": "assigned", "votes": "votes",
-                 "gold_accuracy": "gold accuracy", "gold_total": "gold votes", "repeat_agreement": "repeat agreement",
-                 "median_seconds": "median s", "left_share": "left share", "longest_run": "longest run",
-                 "flags": "flags", "last_vote": "last vote"}
+ADMIN_COLUMNS = {
+    "name": st.column_config.TextColumn("annotator"),
+    "done": st.column_config.NumberColumn("done", help="pairs with every question answered"),
+    "assigned": st.column_config.NumberColumn("assigned"),
+    "votes": st.column_config.NumberColumn("votes"),
+    "gold_accuracy": st.column_config.NumberColumn("gold accuracy", format="percent"),
+    "gold_total": st.column_config.NumberColumn("gold votes"),
+    "repeat_agreement": st.column_config.NumberColumn("repeat agreement", format="percent",
+                                                      help="same choice on a pair shown again with sides swapped"),
+    "median_seconds": st.column_config.NumberColumn("median s", format="%.1f"),
+    "left_share": st.column_config.NumberColumn("left share", format="percent", help="left / (left + right)"),
+    "left_bias_p": st.column_config.NumberColumn("left bias p", format="%.3f"),
+    "longest_run": st.column_config.NumberColumn("longest run", help="identical answers in a row"),
+    "flags": st.column_config.TextColumn("flags"),
+    "last_vote": st.column_config.TextColumn("last vote (UTC)"),
+}
 FLAG_HELP = """
 **Flags** (for a look, never an automatic exclusion): `fast` median answer time under a third of the study's;
 `same_answer_run` 10 or more identical answers in a row; `left_bias` binomial test of left vs right, p < 0.01;
@@ -332,9 +368,10 @@ def admin_page(admin: Admin) -> None:
     st.progress(ov.votes / ov.expected_votes if ov.expected_votes else 0.0)
     frame = ov.frame()
     if len(frame):
-        frame = frame[[c for c in ADMIN_COLUMNS if c in frame.columns]].rename(columns=ADMIN_COLUMNS)
+        frame = frame[[c for c in ADMIN_COLUMNS if c in frame.columns]]
+        frame["last_vote"] = [v[:19].replace("T", " ") if isinstance(v, str) else None for v in frame["last_vote"]]
     with st.container(key="admin_table"):
-        st.dataframe(frame, hide_index=True, width="stretch")
+        st.dataframe(frame, hide_index=True, width="stretch", column_config=ADMIN_COLUMNS)
     st.markdown(FLAG_HELP)
     st.subheader("Export votes")
     c1, c2, c3 = st.columns([1, 1, 4])
@@ -349,7 +386,8 @@ def admin_page(admin: Admin) -> None:
 def unavailable_page(err: Exception) -> None:
     st.title("Image comparison")
     with st.container(key="db_error"):
-        st.error(f"The study cannot be reached right now. Answers you already gave are saved.\n\n{err}")
+        st.error("The study cannot be reached right now. Answers you already gave are saved.")
+        st.text(describe(err))
     st.button("Try again", key="retry", type="primary")
 
 
@@ -371,12 +409,12 @@ def main() -> None:
             annotator_page(who)
     except AccessDenied as e:
         forget_user()
-        st.error(str(e))
+        st.error(inert(str(e)))
         login_page(study)
-    except StoreUnavailable as e:
+    except (StoreUnavailable, SQLAlchemyError) as e:
         unavailable_page(e)
     except UserError as e:
-        st.error(str(e))
+        st.error(inert(str(e)))
 
 
 main()

@@ -1,0 +1,241 @@
+"""The annotation app run headless with streamlit.testing.v1.AppTest: sign-in, guideline, voting, resume, changing
+an answer, admin page, refused tokens, inert prompts, and a database that is locked or gone."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from k3eval.sbs import authenticate, create_study, dispose_engines, queue, votes_frame
+
+APP = Path(__file__).resolve().parents[2] / "human_eval" / "app.py"
+STUDY = "alpha-vs-beta"
+
+
+@pytest.fixture
+def study(tmp_path, two_runs, monkeypatch):
+    """A study of two runs (6 prompts x 2 samples, one prompt full of HTML/Markdown), two annotators seeing every
+    item, served to the app through the environment as `k3eval sbs serve` does."""
+    db = f"sqlite:///{tmp_path / 'votes.db'}"
+    created = create_study(STUDY, two_runs, ["ann-a", "ann-b"], overlap=2, gold=0.1, repeats=0.1, seed=3, db_url=db)
+    monkeypatch.setenv("K3EVAL_SBS_STUDY", STUDY)
+    monkeypatch.setenv("K3EVAL_DB", db)
+    yield created
+    dispose_engines()
+
+
+def app(token: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    if token is not None:
+        at.query_params["token"] = token
+    return at.run()
+
+
+def texts(at: AppTest) -> list[str]:
+    return [t.value for t in at.text]
+
+
+def page_strings(at: AppTest) -> list[str]:
+    """Every string an annotator's page shows or links (text, Markdown, captions, labels, image URLs)."""
+    out = texts(at)
+    for kind in (at.markdown, at.caption, at.title, at.info, at.success, at.warning, at.error):
+        out += [str(e.value) for e in kind]
+    out += [b.label for b in at.button]
+    for img in at.image:
+        out += list(img.value) + [str(c) for c in img.captions]
+    return out
+
+
+def pair_label(at: AppTest) -> str:
+    return next(c.value for c in at.caption if c.value.startswith("Pair "))
+
+
+def start_voting(token: str) -> AppTest:
+    at = app(token)
+    assert at.title[0].value == "Guideline"
+    at.button(key="start").click().run()
+    return at
+
+
+def answer(at: AppTest, alignment: str, quality: str) -> AppTest:
+    at.button(key=f"ans_alignment_{alignment}").click().run()
+    return at.button(key=f"ans_quality_{quality}").click().run()
+
+
+def my_votes(study, name: str):
+    df = votes_frame(STUDY, study.db_url)
+    return df[df["annotator"] == name]
+
+
+def test_token_from_link_shows_guideline_then_first_pair(study):
+    at = app(study.tokens["ann-a"])
+    assert not at.exception
+    assert at.title[0].value == "Guideline"
+    assert "Which image matches the text better?" in " ".join(m.value for m in at.markdown)
+    assert not [b for b in at.button if b.key.startswith("ans_")]  # no voting before the guideline
+    at.button(key="start").click().run()
+    assert not at.exception
+    n = len(queue(authenticate(study.tokens["ann-a"], STUDY, study.db_url, log=False)))
+    assert f"0 / {n} done" in texts(at)
+    assert pair_label(at) == f"Pair 1 of {n}"
+    assert len(at.image) == 2
+    assert authenticate(study.tokens["ann-a"], STUDY, study.db_url, log=False).guideline_seen
+
+
+def test_typed_token_signs_in_and_keeps_it_in_the_address(study):
+    at = app()
+    assert at.title[0].value == "Image comparison"
+    at.text_input(key="typed_token").input(study.tokens["ann-b"])
+    at.button(key="sign_in").click().run()
+    assert not at.exception
+    assert at.title[0].value == "Guideline"
+    assert at.query_params["token"] == [study.tokens["ann-b"]] or at.query_params["token"] == study.tokens["ann-b"]
+
+
+@pytest.mark.parametrize("kind", ["unknown", "revoked", "other_study"])
+def test_refused_tokens_never_reach_the_items(study, two_runs, kind):
+    from k3eval.sbs import revoke
+
+    if kind == "unknown":
+        token = "not-a-real-token"
+    elif kind == "revoked":
+        revoke(STUDY, "ann-b", study.db_url)
+        token = study.tokens["ann-b"]
+    else:
+        other = create_study("another-study", two_runs, 1, overlap=1, db_url=study.db_url)
+        token = other.tokens["annotator-01"]
+    at = app(token)
+    assert not at.exception
+    assert any("not valid" in e.value for e in at.error)
+    assert not at.image and not [b for b in at.button if b.key.startswith("ans_")]
+    assert at.text_input(key="typed_token")  # the sign-in form is offered instead
+
+
+def test_votes_are_recorded_in_callbacks_and_the_next_pair_follows(study):
+    at = start_voting(study.tokens["ann-a"])
+    first = pair_label(at)
+    at.button(key="ans_alignment_left").click().run()
+    assert pair_label(at) == first  # one question answered: the pair stays
+    assert at.button(key="ans_alignment_left").proto.type == "primary"
+    assert list(my_votes(study, "ann-a")["answer"]) == ["left"]
+    at.button(key="ans_quality_equal").click().run()
+    assert pair_label(at).startswith("Pair 2 of")
+    v = my_votes(study, "ann-a")
+    assert sorted(zip(v["question"], v["answer"])) == [("alignment", "left"), ("quality", "equal")]
+    assert (v["seconds"] >= 0).all()
+    # The same button fired twice (a double click or a rerun) leaves one vote.
+    at.button(key="ans_alignment_right").click().run()
+    at.button(key="ans_alignment_right").click().run()
+    v = my_votes(study, "ann-a")
+    assert len(v) == 3 and v.groupby(["item_id", "question"]).size().max() == 1
+
+
+def test_resume_in_a_new_session_at_the_first_open_pair(study):
+    at = start_voting(study.tokens["ann-a"])
+    answer(at, "left", "left")
+    answer(at, "right", "both_bad")
+    at.button(key="ans_alignment_equal").click().run()  # pair 3 half answered
+    # A refresh, a closed tab or a server restart: a new session with only the link.
+    dispose_engines()
+    again = app(study.tokens["ann-a"])
+    assert not again.exception
+    assert again.title == [] or again.title[0].value != "Guideline"  # guideline already read
+    assert pair_label(again).startswith("Pair 3 of")
+    assert any(t.endswith("done") and t.startswith("2 / ") for t in texts(again))
+    assert again.button(key="ans_alignment_equal").proto.type == "primary"
+    assert again.button(key="ans_quality_equal").proto.type == "secondary"
+
+
+def test_changing_the_previous_answer(study):
+    at = start_voting(study.tokens["ann-a"])
+    answer(at, "left", "left")
+    assert pair_label(at).startswith("Pair 2 of")
+    at.button(key="back").click().run()
+    assert pair_label(at).startswith("Pair 1 of")
+    assert any("changing your answers" in i.value for i in at.info)
+    assert at.button(key="ans_alignment_left").proto.type == "primary"
+    at.button(key="ans_alignment_right").click().run()
+    assert pair_label(at).startswith("Pair 1 of")  # stays until Continue
+    v = my_votes(study, "ann-a").set_index("question")
+    assert v.loc["alignment", "answer"] == "right" and v.loc["alignment", "changes"] == 1
+    assert v.loc["quality", "answer"] == "left" and len(v) == 2
+    at.button(key="continue").click().run()
+    assert pair_label(at).startswith("Pair 2 of")
+
+
+def test_whole_queue_prompts_inert_and_no_model_revealed(study, two_runs):
+    at = start_voting(study.tokens["ann-b"])
+    n = len(queue(authenticate(study.tokens["ann-b"], STUDY, study.db_url, log=False)))
+    secrets = ["model-alpha", "model-beta", "gen-alpha", "gen-beta", "<gold", str(two_runs["model-alpha"].parent)]
+    seen_xss = False
+    for pos in range(1, n + 1):
+        assert pair_label(at) == f"Pair {pos} of {n}"
+        prompt = texts(at)[1]
+        if "<script>" in prompt:
+            seen_xss = True
+            # Shown verbatim as plain text; no Markdown element carries it (so no link, no HTML).
+            assert prompt.startswith("<script>alert('x')</script> [click](http://evil.example) **bold** ünïcödé")
+            assert not any("evil.example" in m.value or "<script" in m.value for m in at.markdown)
+        strings = page_strings(at)
+        assert not [s for s in strings for secret in secrets if secret in s]
+        # Served by content hash (AppTest's media prefix is /mock/media), with no caption and no alt text.
+        assert all(re.fullmatch(r"(/mock)?/media/[0-9a-f]+\.jpg", u) for img in at.image for u in img.value)
+        assert all(not i.caption and not i.HasField("alt") for img in at.image for i in img.proto.imgs)
+        answer(at, "left", "right")
+    assert seen_xss
+    assert any("All done" in s.value for s in at.success)
+    assert len(my_votes(study, "ann-b")) == 2 * n
+
+
+def test_admin_page_shows_progress_and_export(study):
+    at = start_voting(study.tokens["ann-a"])
+    answer(at, "left", "left")
+    admin = app(study.admin_token)
+    assert not admin.exception
+    assert admin.title[0].value == "Study dashboard"
+    table = admin.dataframe[0].value
+    assert sorted(table["name"]) == ["ann-a", "ann-b"]
+    row = table.set_index("name").loc["ann-a"]
+    assert row["done"] == 1 and row["votes"] == 2 and row["assigned"] > 1
+    assert {b.label for b in admin.get("download_button")} == {"Download CSV", "Download Parquet"}
+    # An annotator's token never opens the dashboard.
+    other = app(study.tokens["ann-b"])
+    assert not other.dataframe and other.title[0].value == "Guideline"
+
+
+def test_missing_database_gives_a_message_not_a_traceback(study, tmp_path):
+    at = start_voting(study.tokens["ann-a"])
+    dispose_engines()
+    for suffix in ("", "-wal", "-shm"):  # the database file is deleted under the running app
+        (tmp_path / f"votes.db{suffix}").unlink(missing_ok=True)
+    at.button(key="ans_alignment_left").click().run()
+    assert not at.exception
+    assert any("cannot be reached" in e.value for e in at.error)
+    assert any("not found" in t for t in texts(at))
+    assert at.button(key="retry")
+
+
+def test_locked_database_gives_a_message_and_keeps_the_pair(study, tmp_path):
+    at = start_voting(study.tokens["ann-a"])
+    before = pair_label(at)
+    con = sqlite3.connect(tmp_path / "votes.db", timeout=1, isolation_level=None)
+    con.execute("BEGIN IMMEDIATE")  # another writer holds the lock longer than the store's busy timeout
+    try:
+        t0 = time.monotonic()
+        at.button(key="ans_alignment_left").click().run(timeout=60)
+        assert time.monotonic() - t0 >= 4.0  # it waited for the lock first
+    finally:
+        con.execute("ROLLBACK")
+        con.close()
+    assert not at.exception
+    assert any("NOT saved" in e.value and "busy" in e.value for e in at.error)
+    assert pair_label(at) == before
+    assert at.button(key="ans_alignment_left").proto.type == "secondary"
+    assert len(my_votes(study, "ann-a")) == 0
+    at.button(key="ans_alignment_left").click().run()  # once the lock is gone the same key works
+    assert len(my_votes(study, "ann-a")) == 1

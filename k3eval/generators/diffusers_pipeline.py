@@ -106,6 +106,7 @@ class DiffusersPipelineGenerator(Generator):
         kwargs: dict[str, Any] = {dtype_kwarg(): torch_dtype(self.dtype)}
         if self.params.get("variant"):
             kwargs["variant"] = self.params["variant"]
+        kwargs.update(self.load_kwargs())
         try:
             pipe = self.pipeline_cls().from_pretrained(model, **kwargs)
         except (OSError, ValueError) as e:
@@ -114,6 +115,10 @@ class DiffusersPipelineGenerator(Generator):
             pipe.scheduler = self._make_scheduler(pipe, str(self.params["scheduler"]))
         self.pipe = pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """Extra `from_pretrained` arguments of a family (a replacement VAE, no safety checker...)."""
+        return {}
 
     def _make_scheduler(self, pipe, name: str):
         diffusers = importlib.import_module("diffusers")
@@ -156,12 +161,17 @@ class DiffusersPipelineGenerator(Generator):
         reset_peak_memory(self.device)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = self.pipe(**self.call_kwargs(requests), latents=self.initial_latents(requests),
-                            generator=step_generators(requests))
+            images = self.run_pipeline(requests)
         seconds = (time.perf_counter() - t0) / len(requests)
-        images = np.asarray(out.images, dtype=np.float32)
         peak = peak_memory_mb(self.device)
         return [GenOutput(images[i], {"seconds": seconds, "peak_memory_mb": peak}) for i in range(len(requests))]
+
+    def run_pipeline(self, requests: Sequence[GenRequest]) -> np.ndarray:
+        """Call the pipeline once for the batch; returns float32 images (B, H, W, 3) in [0, 1]. Families with more
+        than one pipeline (a prior, a refiner) override this hook."""
+        out = self.pipe(**self.call_kwargs(requests), latents=self.initial_latents(requests),
+                        generator=step_generators(requests))
+        return np.asarray(out.images, dtype=np.float32)
 
     def weights_info(self) -> dict[str, Any]:
         return {"model": self.params.get("model")}

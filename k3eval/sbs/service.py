@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from k3eval.errors import UserError
@@ -39,6 +39,7 @@ from k3eval.sbs.store import (
     AccessDenied,
     AnnotatorRow,
     Assignment,
+    AuditLog,
     Image,
     Item,
     Run,
@@ -46,6 +47,7 @@ from k3eval.sbs.store import (
     StudyExists,
     Vote,
     audit,
+    connection,
     find_study,
     get_engine,
     hash_token,
@@ -312,14 +314,14 @@ def delete_study(study: str, db_url: str | None = None) -> None:
     from sqlalchemy import delete
 
     from k3eval.sbs.store import AuditLog
-    from k3eval.sbs.store import Vote as VoteRow
+    from k3eval.sbs.store import Vote as Vote
 
     engine = get_engine(db_url)
     with session(engine, write=True) as s:
         st = find_study(s, study)
-        n_votes = s.scalar(select(func.count()).select_from(VoteRow).where(VoteRow.study_id == st.id))
+        n_votes = s.scalar(select(func.count()).select_from(Vote).where(Vote.study_id == st.id))
         # Children first, so that it works on databases without ON DELETE CASCADE enforcement.
-        for model in (VoteRow, Assignment, AuditLog):
+        for model in (Vote, Assignment, AuditLog):
             s.execute(delete(model).where(model.study_id == st.id))
         s.execute(delete(Item).where(Item.study_id == st.id, Item.repeat_of.is_not(None)))
         s.execute(delete(Item).where(Item.study_id == st.id))
@@ -339,10 +341,100 @@ def mark_guideline_seen(annotator: Annotator) -> Annotator:
     return Annotator(annotator.id, annotator.name, annotator.study, annotator.study_id, annotator.db_url, True)
 
 
+# ---- prepared statements: built once, so a page view or a vote costs only their execution --------------------------
+_A, _I, _V = Assignment.__table__, Item.__table__, Vote.__table__
+_P, _S, _IMG = AnnotatorRow.__table__, Study.__table__, Image.__table__
+_AUDIT = AuditLog.__table__
+_pid, _sid, _iid, _q = bindparam("pid"), bindparam("sid"), bindparam("iid"), bindparam("q")
+
+_LIVE = (select(_P.c.revoked_at, _S.c.questions).join(_S, _S.c.id == _P.c.study_id)
+         .where(_P.c.id == _pid, _P.c.study_id == _sid))
+_SHOWN = (select(_A.c.left_is_a, _I.c.model_a, _I.c.model_b, _P.c.revoked_at, _S.c.questions)
+          .join(_I, _I.c.id == _A.c.item_id).join(_P, _P.c.id == _A.c.annotator_id).join(_S, _S.c.id == _P.c.study_id)
+          .where(_A.c.annotator_id == _pid, _A.c.item_id == _iid, _P.c.study_id == _sid))
+_ASSIGNED = select(func.count()).select_from(_A).where(_A.c.annotator_id == _pid).scalar_subquery()
+_DONE = select(func.count()).select_from(
+    select(_V.c.item_id).where(_V.c.annotator_id == _pid).group_by(_V.c.item_id)
+    .having(func.count() >= bindparam("nq")).subquery()).scalar_subquery()
+_ANSWERED = (select(func.count()).select_from(_V).where(_V.c.annotator_id == _pid, _V.c.item_id == _iid)
+             .scalar_subquery())
+_PROGRESS = select(_DONE.label("done"), _ASSIGNED.label("assigned"))
+_AFTER_VOTE = select(_DONE.label("done"), _ASSIGNED.label("assigned"), _ANSWERED.label("answered"))
+_COUNTS = (select(_V.c.item_id, func.count().label("n")).where(_V.c.annotator_id == _pid)
+           .group_by(_V.c.item_id).subquery())
+
+
+def _open_items(column):
+    return (select(column).select_from(_A).outerjoin(_COUNTS, _COUNTS.c.item_id == _A.c.item_id)
+            .where(_A.c.annotator_id == _pid, func.coalesce(_COUNTS.c.n, 0) < bindparam("nq"))
+            .order_by(_A.c.position).limit(1))
+
+
+_FIRST_OPEN_ITEM, _FIRST_OPEN_POS = _open_items(_A.c.item_id), _open_items(_A.c.position)
+_POSITION = select(_A.c.position).where(_A.c.annotator_id == _pid, _A.c.item_id == _iid)
+_DONE_BEFORE = (select(_A.c.item_id).join(_COUNTS, _COUNTS.c.item_id == _A.c.item_id)
+                .where(_A.c.annotator_id == _pid, _COUNTS.c.n >= bindparam("nq"), _A.c.position < bindparam("pos"))
+                .order_by(_A.c.position.desc()).limit(1))
+_LAST_DONE = (select(_A.c.item_id).join(_COUNTS, _COUNTS.c.item_id == _A.c.item_id)
+              .where(_A.c.annotator_id == _pid, _COUNTS.c.n >= bindparam("nq"))
+              .order_by(_A.c.position.desc()).limit(1))
+_VIEW = (select(_A.c.position, _A.c.left_is_a, _I.c.id, _I.c.prompt, _I.c.image_a, _I.c.image_b,
+                _ASSIGNED.label("total"))
+         .join(_I, _I.c.id == _A.c.item_id).where(_A.c.annotator_id == _pid, _A.c.item_id == _iid))
+_ANSWERS = select(_V.c.question, _V.c.answer).where(_V.c.annotator_id == _pid, _V.c.item_id == _iid)
+_QUEUE = select(_A.c.item_id, _A.c.position).where(_A.c.annotator_id == _pid).order_by(_A.c.position)
+_ALL_ANSWERS = select(_V.c.item_id, _V.c.question).where(_V.c.annotator_id == _pid)
+_OLD_VOTE = select(_V.c.id, _V.c.answer, _V.c.changes).where(_V.c.annotator_id == _pid, _V.c.item_id == _iid,
+                                                               _V.c.question == _q)
+_IMAGE = select(_IMG.c.id, _IMG.c.path, _IMG.c.data).where(_IMG.c.id == bindparam("cid"), _IMG.c.study_id == _sid)
+_IMAGE_VISIBLE = (select(func.count()).select_from(_A).join(_I, _I.c.id == _A.c.item_id)
+                  .where(_A.c.annotator_id == _pid, or_(_I.c.image_a == bindparam("cid"),
+                                                        _I.c.image_b == bindparam("cid"))))
+_VOTE_VALUES = {c: bindparam(c, type_=_V.c[c].type) for c in
+                ("study_id", "annotator_id", "item_id", "question", "answer", "left_model", "right_model", "seconds",
+                 "created_at", "updated_at", "changes", "simulated")}
+_INSERT_VOTE: dict[str, object] = {}
+
+
+def _insert_vote(dialect: str):
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id: a concurrent double submission inserts exactly once."""
+    stmt = _INSERT_VOTE.get(dialect)
+    if stmt is None:
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        elif dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            dialect_insert = None
+        if dialect_insert is None:  # other databases: the unique constraint plus a retry on IntegrityError
+            stmt = insert(_V).values(**_VOTE_VALUES).returning(_V.c.id)
+        else:
+            stmt = (dialect_insert(_V).values(**_VOTE_VALUES)
+                    .on_conflict_do_nothing(index_elements=["annotator_id", "item_id", "question"]).returning(_V.c.id))
+        _INSERT_VOTE[dialect] = stmt
+    return stmt
+
+
+def _revoked(who) -> AccessDenied:
+    return AccessDenied(f"access to study {who.study!r} has been revoked; ask the study's organiser")
+
+
+def _not_yours(who, item_id) -> AccessDenied:
+    return AccessDenied(f"item {item_id!r} is not in your queue for study {who.study!r}")
+
+
+def _live(c, who: Annotator | Admin) -> tuple[str, ...]:
+    """Check that the annotator/admin still exists in its study and is not revoked; returns the study's questions."""
+    row = c.execute(_LIVE, {"pid": who.id, "sid": who.study_id}).first()
+    if row is None or row.revoked_at is not None:
+        raise _revoked(who)
+    return tuple(row.questions)
+
+
 def _live_annotator(s, who: Annotator | Admin) -> AnnotatorRow:
     row = s.get(AnnotatorRow, who.id)
     if row is None or row.study_id != who.study_id or row.revoked_at is not None:
-        raise AccessDenied(f"access to study {who.study!r} has been revoked; ask the study's organiser")
+        raise _revoked(who)
     return row
 
 
@@ -351,59 +443,47 @@ def _need_annotator(who) -> None:
         raise AccessDenied(f"expected an authenticated annotator, got {type(who).__name__}")
 
 
+def _item_id(item_id) -> int | None:
+    if isinstance(item_id, bool):
+        return None
+    try:
+        return int(item_id)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 # ---- the queue --------------------------------------------------------------------------------------------------
-def _questions(s, study_id: int) -> tuple[str, ...]:
-    return tuple(s.get(Study, study_id).questions)
-
-
 def queue(annotator: Annotator) -> list[QueueEntry]:
     """The annotator's whole queue, in order, with the questions answered so far for each item."""
     _need_annotator(annotator)
     engine = get_engine(annotator.db_url)
-    with session(engine) as s:
-        _live_annotator(s, annotator)
-        rows = s.execute(select(Assignment.item_id, Assignment.position).where(
-            Assignment.annotator_id == annotator.id).order_by(Assignment.position)).all()
+    with connection(engine) as c:
+        _live(c, annotator)
+        rows = c.execute(_QUEUE, {"pid": annotator.id}).all()
         answered: dict[int, list[str]] = {}
-        for item_id, q in s.execute(select(Vote.item_id, Vote.question).where(Vote.annotator_id == annotator.id)):
+        for item_id, q in c.execute(_ALL_ANSWERS, {"pid": annotator.id}):
             answered.setdefault(item_id, []).append(q)
     return [QueueEntry(i, p + 1, tuple(sorted(answered.get(i, ())))) for i, p in rows]
-
-
-def _counts(s, annotator_id: int, n_questions: int) -> tuple[int, int]:
-    assigned = s.scalar(select(func.count()).select_from(Assignment).where(Assignment.annotator_id == annotator_id))
-    per_item = (select(Vote.item_id).where(Vote.annotator_id == annotator_id).group_by(Vote.item_id)
-                .having(func.count() >= n_questions).subquery())
-    done = s.scalar(select(func.count()).select_from(per_item))
-    return int(done or 0), int(assigned or 0)
 
 
 def progress(annotator: Annotator) -> tuple[int, int]:
     """(done, assigned): items with every question answered, and items in the annotator's queue."""
     _need_annotator(annotator)
     engine = get_engine(annotator.db_url)
-    with session(engine) as s:
-        _live_annotator(s, annotator)
-        return _counts(s, annotator.id, len(_questions(s, annotator.study_id)))
-
-
-def _answered_counts(s, annotator_id: int):
-    return (select(Vote.item_id, func.count().label("n")).where(Vote.annotator_id == annotator_id)
-            .group_by(Vote.item_id).subquery())
+    with connection(engine) as c:
+        nq = len(_live(c, annotator))
+        row = c.execute(_PROGRESS, {"pid": annotator.id, "nq": nq}).one()
+    return int(row.done), int(row.assigned)
 
 
 def next_item(annotator: Annotator) -> ItemView | None:
     """The first item of the queue not fully answered (so a refresh or a restart resumes there), or None when done."""
     _need_annotator(annotator)
     engine = get_engine(annotator.db_url)
-    with session(engine) as s:
-        _live_annotator(s, annotator)
-        nq = len(_questions(s, annotator.study_id))
-        counts = _answered_counts(s, annotator.id)
-        item_id = s.scalar(select(Assignment.item_id).outerjoin(counts, counts.c.item_id == Assignment.item_id)
-                           .where(Assignment.annotator_id == annotator.id, func.coalesce(counts.c.n, 0) < nq)
-                           .order_by(Assignment.position).limit(1))
-        return None if item_id is None else _view(s, annotator, item_id)
+    with connection(engine) as c:
+        qs = _live(c, annotator)
+        item_id = c.execute(_FIRST_OPEN_ITEM, {"pid": annotator.id, "nq": len(qs)}).scalar()
+        return None if item_id is None else _view(c, annotator, item_id, qs)
 
 
 def previous_item(annotator: Annotator, before: int | None = None) -> ItemView | None:
@@ -411,55 +491,36 @@ def previous_item(annotator: Annotator, before: int | None = None) -> ItemView |
     queue when all is done), so its answers can be changed; None at the start of the queue."""
     _need_annotator(annotator)
     engine = get_engine(annotator.db_url)
-    with session(engine) as s:
-        _live_annotator(s, annotator)
-        nq = len(_questions(s, annotator.study_id))
-        counts = _answered_counts(s, annotator.id)
+    with connection(engine) as c:
+        qs = _live(c, annotator)
+        params = {"pid": annotator.id, "nq": len(qs)}
         if before is None:
-            limit_pos = s.scalar(select(Assignment.position)
-                                 .outerjoin(counts, counts.c.item_id == Assignment.item_id)
-                                 .where(Assignment.annotator_id == annotator.id, func.coalesce(counts.c.n, 0) < nq)
-                                 .order_by(Assignment.position).limit(1))
+            pos = c.execute(_FIRST_OPEN_POS, params).scalar()
         else:
-            limit_pos = _assignment(s, annotator, before).position
-        q = (select(Assignment.item_id).join(counts, counts.c.item_id == Assignment.item_id)
-             .where(Assignment.annotator_id == annotator.id, counts.c.n >= nq))
-        if limit_pos is not None:
-            q = q.where(Assignment.position < limit_pos)
-        item_id = s.scalar(q.order_by(Assignment.position.desc()).limit(1))
-        return None if item_id is None else _view(s, annotator, item_id)
+            pos = c.execute(_POSITION, {"pid": annotator.id, "iid": _item_id(before)}).scalar()
+            if pos is None:
+                raise _not_yours(annotator, before)
+        stmt = _LAST_DONE if pos is None else _DONE_BEFORE
+        item_id = c.execute(stmt, {**params, "pos": pos}).scalar()
+        return None if item_id is None else _view(c, annotator, item_id, qs)
 
 
 def item_view(annotator: Annotator, item_id: int) -> ItemView:
     """The page content of one item of the annotator's queue; AccessDenied for any other item id."""
     _need_annotator(annotator)
     engine = get_engine(annotator.db_url)
-    with session(engine) as s:
-        _live_annotator(s, annotator)
-        return _view(s, annotator, item_id)
+    with connection(engine) as c:
+        return _view(c, annotator, item_id, _live(c, annotator))
 
 
-def _assignment(s, annotator: Annotator, item_id) -> Assignment:
-    try:
-        iid = int(item_id)
-    except (TypeError, ValueError):
-        iid = None
-    a = None if iid is None else s.scalars(select(Assignment).where(Assignment.annotator_id == annotator.id,
-                                                                    Assignment.item_id == iid)).first()
-    if a is None:
-        raise AccessDenied(f"item {item_id!r} is not in your queue for study {annotator.study!r}")
-    return a
-
-
-def _view(s, annotator: Annotator, item_id: int) -> ItemView:
-    a = _assignment(s, annotator, item_id)
-    item = s.get(Item, a.item_id)
-    qs = _questions(s, annotator.study_id)
-    total = s.scalar(select(func.count()).select_from(Assignment).where(Assignment.annotator_id == annotator.id))
-    answers = dict(s.execute(select(Vote.question, Vote.answer).where(Vote.annotator_id == annotator.id,
-                                                                      Vote.item_id == item.id)).all())
-    left, right = (item.image_a, item.image_b) if a.left_is_a else (item.image_b, item.image_a)
-    return ItemView(item.id, a.position + 1, int(total), item.prompt, left, right,
+def _view(c, annotator: Annotator, item_id, qs: tuple[str, ...]) -> ItemView:
+    iid = _item_id(item_id)
+    row = None if iid is None else c.execute(_VIEW, {"pid": annotator.id, "iid": iid}).first()
+    if row is None:
+        raise _not_yours(annotator, item_id)
+    answers = {q: a for q, a in c.execute(_ANSWERS, {"pid": annotator.id, "iid": row.id})}
+    left, right = (row.image_a, row.image_b) if row.left_is_a else (row.image_b, row.image_a)
+    return ItemView(row.id, row.position + 1, int(row.total), row.prompt, left, right,
                     tuple(Question(q, QUESTION_TEXT[q]) for q in qs), answers)
 
 
@@ -478,16 +539,11 @@ def image_bytes(who: Annotator | Admin, content_id: str, max_side: int | None = 
     if max_side is not None and (not isinstance(max_side, int) or max_side < 16):
         raise UserError(f"max_side: expected an integer >= 16 or None, got {max_side!r}")
     engine = get_engine(who.db_url)
-    with session(engine) as s:
-        _live_annotator(s, who)
-        img = s.get(Image, str(content_id))
-        if img is None or img.study_id != who.study_id:
-            img = None
-        elif isinstance(who, Annotator):
-            visible = s.scalar(select(func.count()).select_from(Assignment).join(Item, Item.id == Assignment.item_id)
-                               .where(Assignment.annotator_id == who.id,
-                                      or_(Item.image_a == img.id, Item.image_b == img.id)))
-            if not visible:
+    with connection(engine) as c:
+        _live(c, who)
+        img = c.execute(_IMAGE, {"cid": str(content_id), "sid": who.study_id}).first()
+        if img is not None and isinstance(who, Annotator):
+            if not c.execute(_IMAGE_VISIBLE, {"pid": who.id, "cid": img.id}).scalar():
                 img = None
         if img is None:
             raise AccessDenied(f"image {content_id!r} is not part of your items in study {who.study!r}")
@@ -533,7 +589,7 @@ def record_vote(annotator: Annotator, item_id: int, question: str, answer: str, 
     """Record one answer, durably, before returning. Idempotent: the same (annotator, item, question) holds at most
     one vote; the same answer again is a no-op ('unchanged'); a different answer replaces it ('changed', counted in
     `votes.changes` and written to the audit log). Items not in the annotator's queue raise AccessDenied, whatever id
-    is sent. seconds: time to answer, clipped to [0, 3600]."""
+    is sent; so does a revoked token. seconds: time to answer, clipped to [0, 3600]."""
     _need_annotator(annotator)
     if question not in QUESTIONS:
         raise UserError(f"question: expected one of {', '.join(QUESTIONS)}, got {question!r}")
@@ -542,48 +598,51 @@ def record_vote(annotator: Annotator, item_id: int, question: str, answer: str, 
     if seconds is not None:
         seconds = min(max(float(seconds), SECONDS_RANGE[0]), SECONDS_RANGE[1])
     engine = get_engine(annotator.db_url)
+    iid = _item_id(item_id)
+    # Read phase, outside the write lock: what was shown is fixed when the study is created.
+    with connection(engine) as c:
+        shown = None if iid is None else c.execute(_SHOWN, {"pid": annotator.id, "iid": iid,
+                                                            "sid": annotator.study_id}).first()
+        if shown is None:
+            _live(c, annotator)  # a revoked token says so; otherwise the item is not theirs
+            raise _not_yours(annotator, item_id)
+    if shown.revoked_at is not None:
+        raise _revoked(annotator)
+    qs = tuple(shown.questions)
+    if question not in qs:
+        raise UserError(f"question: study {annotator.study!r} asks {', '.join(qs)}, not {question!r}")
+    left, right = (shown.model_a, shown.model_b) if shown.left_is_a else (shown.model_b, shown.model_a)
     for attempt in range(3):
         try:
-            return _record(engine, annotator, item_id, question, answer, seconds, simulated)
+            status = _write_vote(engine, annotator, iid, question, answer, seconds, simulated, left, right)
+            break
         except IntegrityError:
-            # Two concurrent submissions of the same vote (PostgreSQL, READ COMMITTED): the loser retries and
-            # finds the winner's row.
+            # Only on databases without ON CONFLICT support: a concurrent identical vote won; the retry finds it.
             if attempt == 2:
                 raise
-    raise AssertionError("unreachable")
+    with connection(engine) as c:
+        row = c.execute(_AFTER_VOTE, {"pid": annotator.id, "iid": iid, "nq": len(qs)}).one()
+    return VoteResult(status, int(row.answered) >= len(qs), int(row.done), int(row.assigned))
 
 
-def _record(engine, annotator, item_id, question, answer, seconds, simulated) -> VoteResult:
-    with session(engine, write=True) as s:
-        _live_annotator(s, annotator)
-        qs = _questions(s, annotator.study_id)
-        if question not in qs:
-            raise UserError(f"question: study {annotator.study!r} asks {', '.join(qs)}, not {question!r}")
-        a = _assignment(s, annotator, item_id)
-        vote = s.scalars(select(Vote).where(Vote.annotator_id == annotator.id, Vote.item_id == a.item_id,
-                                            Vote.question == question)).first()
-        now = utcnow()
-        if vote is None:
-            item = s.get(Item, a.item_id)
-            left, right = (item.model_a, item.model_b) if a.left_is_a else (item.model_b, item.model_a)
-            s.add(Vote(study_id=annotator.study_id, annotator_id=annotator.id, item_id=a.item_id, question=question,
-                       answer=answer, left_model=left, right_model=right, seconds=seconds, created_at=now,
-                       updated_at=now, changes=0, simulated=simulated))
-            s.flush()
-            status = "recorded"
-        elif vote.answer == answer:
-            status = "unchanged"
-        else:
-            audit(s, "vote_changed", annotator.study_id, annotator.id, item_id=a.item_id, question=question,
-                  old=vote.answer, new=answer, seconds=seconds)
-            vote.answer = answer
-            vote.updated_at = now
-            vote.changes = (vote.changes or 0) + 1
-            status = "changed"
-        n_answered = s.scalar(select(func.count()).select_from(Vote).where(Vote.annotator_id == annotator.id,
-                                                                           Vote.item_id == a.item_id))
-        done, assigned = _counts(s, annotator.id, len(qs))
-    return VoteResult(status, int(n_answered) >= len(qs), done, assigned)
+def _write_vote(engine, annotator, iid, question, answer, seconds, simulated, left, right) -> str:
+    now = utcnow()
+    with connection(engine, write=True) as c:
+        new_id = c.execute(_insert_vote(engine.dialect.name), {
+            "study_id": annotator.study_id, "annotator_id": annotator.id, "item_id": iid, "question": question,
+            "answer": answer, "left_model": left, "right_model": right, "seconds": seconds, "created_at": now,
+            "updated_at": now, "changes": 0, "simulated": bool(simulated)}).scalar()
+        if new_id is not None:
+            return "recorded"
+        old = c.execute(_OLD_VOTE, {"pid": annotator.id, "iid": iid, "q": question}).first()
+        if old.answer == answer:
+            return "unchanged"
+        c.execute(update(_V).where(_V.c.id == old.id).values(answer=answer, updated_at=now,
+                                                             changes=(old.changes or 0) + 1))
+        c.execute(insert(_AUDIT).values(study_id=annotator.study_id, annotator_id=annotator.id, event="vote_changed",
+                                        detail={"item_id": iid, "question": question, "old": old.answer,
+                                                "new": answer, "seconds": seconds}, created_at=now))
+        return "changed"
 
 
 __all__ = ["Admin", "Annotator", "DEFAULT_BASE_URL", "ItemView", "Question", "QueueEntry", "StudyCreated",

@@ -36,7 +36,7 @@ from sqlalchemy import (
     inspect,
     select,
 )
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -359,6 +359,32 @@ def session(engine: Engine, write: bool = False) -> Iterator[Session]:
             lock.release()
 
 
+@contextmanager
+def connection(engine: Engine, write: bool = False) -> Iterator[Connection]:
+    """Like `session` but a Core connection: the hot paths (votes, the queue) use it because it costs a fraction of
+    an ORM session per statement, which matters when dozens of annotators vote at once."""
+    from sqlalchemy.exc import IntegrityError
+
+    bind = engine.execution_options(k3eval_write=True) if write else engine
+    lock = _SQLITE_WRITE_LOCKS.get(str(engine.url)) if write else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        with bind.begin() as conn:
+            yield conn
+    except IntegrityError:
+        raise
+    except OperationalError as e:
+        raise unavailable(e, str(engine.url)) from None
+    except DBAPIError as e:
+        if getattr(e, "connection_invalidated", False):
+            raise unavailable(e, str(engine.url)) from None
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 def find_study(s: Session, name: str) -> Study:
     st = s.scalars(select(Study).where(Study.name == name)).first()
     if st is None:
@@ -375,5 +401,5 @@ def audit(s: Session, event_name: str, study_id: int | None, annotator_id: int |
 
 __all__ = ["AccessDenied", "AnnotatorRow", "Assignment", "AuditLog", "Base", "Image", "Item", "Meta", "Run",
            "SCHEMA_VERSION", "StoreError", "StoreUnavailable", "Study", "StudyExists", "StudyNotFound", "Vote",
-           "audit", "default_db_url", "dispose_engines", "find_study", "get_engine", "hash_token", "normalize_url",
-           "session", "utcnow"]
+           "audit", "connection", "default_db_url", "dispose_engines", "find_study", "get_engine", "hash_token",
+           "normalize_url", "session", "utcnow"]

@@ -468,6 +468,7 @@ class QCConfig:
     speed_ratio: float = 0.33  # flag an annotator whose median seconds is below this share of everyone's median
     max_run: int = 15  # flag a run of this many identical answers in a row (in time order)
     min_votes: int = 10  # fewer votes than this: reported, never flagged on rates (too few to judge)
+    min_checks: int = 3  # fewer gold items or repeats than this: their accuracy is reported, never flagged
 
 
 def longest_run(values: Sequence) -> int:
@@ -485,8 +486,9 @@ def longest_run(values: Sequence) -> int:
 def quality_control(votes: pd.DataFrame, config: QCConfig | None = None) -> pd.DataFrame:
     """One row per annotator with the quality-control figures and flags, from a votes frame (docs/FORMATS.md).
 
-    Columns: annotator, n_votes, gold_n, gold_accuracy, repeat_n, self_consistency, lr_n, left_share,
-    position_p, position_p_holm, median_seconds, longest_run, flags (';'-separated reasons), flagged.
+    Columns: annotator, flagged, flags (';'-separated reasons), n_votes, gold_n, gold_accuracy, repeat_n,
+    self_consistency, lr_n, left_share, position_p, position_p_holm, median_seconds, longest_run. Gold accuracy and
+    self-consistency are flagged only with at least `min_checks` gold items / repeats.
     Self-consistency compares the winner (a model, 'tie' or 'both_bad', so independent of the side) of a swapped
     repeat with the annotator's own vote on the original item and question.
     """
@@ -494,9 +496,9 @@ def quality_control(votes: pd.DataFrame, config: QCConfig | None = None) -> pd.D
 
     cfg = config or QCConfig()
     if votes.empty:
-        return pd.DataFrame(columns=["annotator", "n_votes", "gold_n", "gold_accuracy", "repeat_n",
-                                     "self_consistency", "lr_n", "left_share", "position_p", "position_p_holm",
-                                     "median_seconds", "longest_run", "flags", "flagged"])
+        return pd.DataFrame(columns=["annotator", "flagged", "flags", "n_votes", "gold_n", "gold_accuracy",
+                                     "repeat_n", "self_consistency", "lr_n", "left_share", "position_p",
+                                     "position_p_holm", "median_seconds", "longest_run"])
     v = votes.copy()
     if "created_at" in v:
         v = v.sort_values(["annotator", "created_at"], kind="stable")
@@ -527,9 +529,9 @@ def quality_control(votes: pd.DataFrame, config: QCConfig | None = None) -> pd.D
     flags = []
     for r in out.itertuples(index=False):
         f = []
-        if r.gold_n > 0 and r.gold_accuracy < cfg.min_gold_accuracy:
+        if r.gold_n >= cfg.min_checks and r.gold_accuracy < cfg.min_gold_accuracy:
             f.append(f"gold accuracy {r.gold_accuracy:.0%} < {cfg.min_gold_accuracy:.0%}")
-        if r.repeat_n > 0 and r.self_consistency < cfg.min_self_consistency:
+        if r.repeat_n >= cfg.min_checks and r.self_consistency < cfg.min_self_consistency:
             f.append(f"self-consistency {r.self_consistency:.0%} < {cfg.min_self_consistency:.0%}")
         if r.lr_n >= cfg.min_votes and r.position_p_holm < cfg.position_alpha:
             f.append(f"position bias: left {r.left_share:.0%} (Holm p={r.position_p_holm:.2g})")
@@ -541,8 +543,8 @@ def quality_control(votes: pd.DataFrame, config: QCConfig | None = None) -> pd.D
         flags.append("; ".join(f))
     out["flags"] = flags
     out["flagged"] = out["flags"] != ""
-    cols = ["annotator", "n_votes", "gold_n", "gold_accuracy", "repeat_n", "self_consistency", "lr_n",
-            "left_share", "position_p", "position_p_holm", "median_seconds", "longest_run", "flags", "flagged"]
+    cols = ["annotator", "flagged", "flags", "n_votes", "gold_n", "gold_accuracy", "repeat_n", "self_consistency",
+            "lr_n", "left_share", "position_p", "position_p_holm", "median_seconds", "longest_run"]
     return out[cols]
 
 

@@ -42,7 +42,7 @@ def preference_bars(rows: pd.DataFrame, model_a: str, model_b: str, question: st
     plt = _plt()
     labels = [f"{c} (n={n})" for c, n in zip(rows["category"], rows["n"])]
     y = np.arange(len(rows))[::-1]
-    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.32 * len(rows)))
+    fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.32 * len(rows)))
     left = np.zeros(len(rows))
     for key, name, shade, hatch in SEGMENTS:
         share = rows[f"{key}_share"].to_numpy(dtype=float) * 100
@@ -54,7 +54,7 @@ def preference_bars(rows: pd.DataFrame, model_a: str, model_b: str, question: st
                      rows["score_hi"].to_numpy(dtype=float) * 100 - score])
     ax.errorbar(score, y, xerr=np.nan_to_num(err), fmt="D", color="white", markeredgecolor="black", ecolor="black",
                 elinewidth=1.2, capsize=3, markersize=5,
-                label=f"score of {model_a} (ties as half), {level:.0%} CI")
+                label=f"score of {model_a}\n(ties as half), {level:.0%} CI")
     ax.axvline(50, color="black", linestyle=":", linewidth=0.8)
     if len(rows) > 1:  # the overall row comes first: set it apart from the categories
         ax.axhline(y[0] - 0.5, color="black", linewidth=1.2)
@@ -63,8 +63,7 @@ def preference_bars(rows: pd.DataFrame, model_a: str, model_b: str, question: st
     ax.set_xlim(0, 100)
     ax.set_xlabel("share of votes (%)")
     ax.set_title(textwrap.shorten(f"{question}: {model_a} vs {model_b}", 90))
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35 if len(rows) < 4 else -0.12), ncol=3, fontsize=8,
-              frameon=False)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     return _png(fig)
 
 
@@ -124,7 +123,7 @@ def speed_bars(rows: pd.DataFrame) -> bytes:
     ax.set_yticks(y, list(rows["run"]))
     ax.set_xlabel("seconds per image (wall clock, as recorded at generation)")
     ax.set_title("Generation time per image by stage")
-    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _png(fig)
 
 

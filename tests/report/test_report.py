@@ -1,0 +1,213 @@
+"""The report: every section present, tables in HTML = CSV = Markdown, self-contained, graceful without parts."""
+
+from __future__ import annotations
+
+import base64
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from k3eval.report.build import SECTIONS, build_report
+
+
+class _Tables(HTMLParser):
+    """Collects every <table id="t-NAME">: rows of (data-v, text) per cell, and <img> sources, section ids."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables: dict[str, list[list[tuple[str, str]]]] = {}
+        self.headers: dict[str, list[str]] = {}
+        self.srcs: list[str] = []
+        self.sections: list[str] = []
+        self._t = self._cell = self._th = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "table" and a.get("id", "").startswith("t-"):
+            self._t = a["id"][2:]
+            self.tables[self._t] = []
+            self.headers[self._t] = []
+        elif tag == "tr" and self._t:
+            self.tables[self._t].append([])
+        elif tag == "td" and self._t:
+            self._cell = [a.get("data-v", ""), ""]
+        elif tag == "th" and self._t:
+            self._th = ""
+        elif tag in ("img", "script", "link", "iframe"):
+            self.srcs.append(a.get("src") or a.get("href") or "")
+        elif tag == "section":
+            self.sections.append(a.get("id"))
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell[1] += data
+        elif self._th is not None:
+            self._th += data
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._cell is not None:
+            self.tables[self._t][-1].append(tuple(self._cell))
+            self._cell = None
+        elif tag == "th" and self._th is not None:
+            self.headers[self._t].append(self._th)
+            self._th = None
+        elif tag == "table":
+            self._t = None
+
+
+def _parse(index: Path) -> _Tables:
+    p = _Tables()
+    p.feed(index.read_text(encoding="utf-8"))
+    return p
+
+
+def test_every_section_and_the_simulated_banner_first(full_report):
+    text = full_report.read_text(encoding="utf-8")
+    p = _parse(full_report)
+    assert p.sections == [sid for sid, _ in SECTIONS]
+    # the banner is the first thing after the title, in HTML and Markdown
+    body = text[text.index("<body>"):]
+    assert body.index("SIMULATED VOTES") < body.index("<nav>")
+    md = (full_report.parent / "report.md").read_text(encoding="utf-8").splitlines()
+    assert md[0].startswith("# ") and "SIMULATED VOTES" in md[2]
+    for must in ("preference_overall", "preference", "bradley_terry", "agreement", "qc", "metric_agreement",
+                 "metric_clip_score", "metric_clip_score_by_category", "speed", "speedup_flash", "setup_runs",
+                 "examples"):
+        assert must in p.tables, must
+    assert "Limitations" in text and "too_small" in text or "too small" in text
+
+
+def test_csv_tables_agree_with_html(full_report):
+    p = _parse(full_report)
+    out = full_report.parent
+    csvs = sorted((out / "tables").glob("*.csv"))
+    assert {c.stem for c in csvs} == set(p.tables)
+    for c in csvs:
+        df = pd.read_csv(c, keep_default_na=False, dtype=str)
+        rows = [r for r in p.tables[c.stem] if r]
+        assert list(df.columns) == p.headers[c.stem], c.stem
+        assert len(rows) == len(df), c.stem
+        for row_html, (_, row_csv) in zip(rows, df.iterrows()):
+            for (raw, _), v in zip(row_html, row_csv):
+                if raw == v:
+                    continue
+                # numbers: the CSV and the cell's raw value are the same float (bools/ints may print differently)
+                assert float(raw) == pytest.approx(float(v), rel=1e-12, abs=1e-15), (c.stem, raw, v)
+
+
+def test_markdown_tables_show_the_same_cells_as_html(full_report):
+    p = _parse(full_report)
+    md = (full_report.parent / "report.md").read_text(encoding="utf-8")
+    for name, rows in p.tables.items():
+        block = md[md.index(f"(`tables/{name}.csv`)"):]
+        lines = [ln for ln in block.splitlines()[2:] if ln.startswith("|")]
+        body = lines[2:2 + len([r for r in rows if r])]
+        for row_html, line in zip([r for r in rows if r], body):
+            cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+            assert cells == [text.strip() for _, text in row_html], name
+
+
+def test_self_contained_and_figures_match_files(full_report):
+    text = full_report.read_text(encoding="utf-8")
+    p = _parse(full_report)
+    assert p.srcs and all(s.startswith("data:image/") for s in p.srcs)
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)
+    assert "<script" not in text and "@import" not in text
+    figs = sorted((full_report.parent / "figures").glob("*.png"))
+    assert any(f.name.startswith("preference_") for f in figs) and (full_report.parent / "figures" /
+                                                                     "bradley_terry.png").exists()
+    for f in figs:
+        assert base64.b64encode(f.read_bytes()).decode() in text, f.name
+
+
+def test_report_numbers_are_the_stored_ones(full_report, report_runs):
+    """The report never recomputes a metric: the CLIP table holds summary.json's value and interval."""
+    import json
+
+    df = pd.read_csv(full_report.parent / "tables" / "metric_clip_score.csv")
+    for name, path in report_runs.items():
+        m = json.loads((path / "scores" / "summary.json").read_text())["metrics"]["clip_score"]
+        row = df[df["run"] == name].iloc[0]
+        assert row["value"] == m["value"] and row["ci_lo"] == m["ci"][0] and row["ci_hi"] == m["ci"][1]
+    sp = pd.read_csv(full_report.parent / "tables" / "speedup_flash.csv")
+    assert sp["speedup_seconds"].tolist() == [pytest.approx(4.0)]
+
+
+def test_degrades_without_study_and_scores(report_runs, tmp_path):
+    bare = {}
+    import shutil
+
+    for name, path in report_runs.items():
+        dst = tmp_path / "runs" / name
+        shutil.copytree(path, dst, ignore=shutil.ignore_patterns("scores"))
+        bare[name] = dst
+    index = build_report(list(bare.values()), tmp_path / "out", n_resamples=50)
+    text = index.read_text(encoding="utf-8")
+    p = _parse(index)
+    assert p.sections == [sid for sid, _ in SECTIONS]
+    assert "No stored scores" in text and "No study given" in text and "SIMULATED" not in text
+    assert "no votes" in text  # the examples section still shows images side by side
+    assert "preference" not in p.tables
+
+
+def test_votes_frame_input_and_flagged_annotators_shown_both_ways(report_runs, tmp_path):
+    from k3eval.sbs.simulate import synthetic_votes
+
+    v = synthetic_votes(list(report_runs), [0.0, 0.5, -0.5], n_prompts=8, categories=["Animals"], n_annotators=5,
+                        votes_per_prompt=12, seed=1)
+    v["prompt_id"] = [f"p{int(p[1:]):02d}" for p in v["prompt_id"]]
+    lazy = v["annotator"] == v["annotator"].iloc[0]
+    v.loc[lazy, "answer"] = "left"
+    v.loc[lazy, "winner"] = v.loc[lazy, "left_model"]
+    index = build_report(report_runs, tmp_path / "out", votes=v, n_resamples=50)
+    p = _parse(index)
+    assert "preference_overall_excluding_flagged" in p.tables
+    assert "annotators flagged by quality control" in index.read_text(encoding="utf-8")
+
+
+def test_cli_report(report_runs, report_study, tmp_path, capsys):
+    from k3eval.cli import main
+
+    name, url = report_study
+    args = ["report", "--runs", *[f"{k}={v}" for k, v in report_runs.items()], "--study", name, "--db", url,
+            "--out", str(tmp_path / "r"), "--resamples", "50"]
+    assert main(args) == 0
+    assert (tmp_path / "r" / "index.html").exists() and "report:" in capsys.readouterr().out
+    assert main(["report", "--runs", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+    assert "run folder not found" in capsys.readouterr().err
+    assert main(["report", "--runs", *map(str, report_runs.values()), "--study", "missing", "--db", url,
+                 "--out", str(tmp_path / "y")]) == 2
+
+
+def test_report_stage_simulates_then_reports(report_runs, tmp_path):
+    """The benchmark stages: study (store developer's) then report, with simulated annotators asked for."""
+    import shutil
+
+    from k3eval.benchmark import BenchmarkContext
+    from k3eval.config import BenchmarkSpec
+    from k3eval.report.stage import run_stage
+    from k3eval.sbs import dispose_engines, votes_frame
+    from k3eval.sbs.stage import run_stage as study_stage
+
+    runs_dir = tmp_path / "runs"
+    for name, path in report_runs.items():
+        shutil.copytree(path, runs_dir / name)
+    spec = BenchmarkSpec.model_validate({
+        "name": "stage-test", "prompts": {"set": "parti"}, "runs_dir": str(runs_dir),
+        "generators": [{"generator": "tiny-sd", "name": n} for n in report_runs],
+        "study": {"name": "st", "annotators": 3, "overlap": 2, "db": f"sqlite:///{tmp_path / 'v.db'}"},
+        "report": {"out": str(tmp_path / "rep"), "resamples": 50, "simulate": {"annotators": 2, "seed": 3}}})
+    ctx = BenchmarkContext(spec, tmp_path / "b.yaml", progress=False, root=tmp_path)
+    study_stage(ctx)
+    run_stage(ctx)
+    index = Path(ctx.outputs["report"])
+    assert index == tmp_path / "rep" / "index.html" and index.exists()
+    v = votes_frame("st", ctx.outputs["study"]["db_url"])
+    assert len(v) and v["simulated"].all() and v["annotator"].nunique() == 2
+    assert "SIMULATED VOTES" in index.read_text(encoding="utf-8")
+    dispose_engines()
+    assert np.isfinite(pd.read_csv(tmp_path / "rep" / "tables" / "preference_overall.csv")["score"]).all()

@@ -114,6 +114,16 @@ class Server:
             self._log = None
 
 
+def in_ci() -> bool:
+    """tests/conftest.py:in_ci(), loaded by path (several conftest modules share the module name `conftest`)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("k3eval_tests_root_conftest", REPO / "tests" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.in_ci()
+
+
 def chromium_available() -> str | None:
     """None when Playwright and Debian's Chromium are usable, else why not."""
     try:

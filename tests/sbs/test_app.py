@@ -239,3 +239,34 @@ def test_locked_database_gives_a_message_and_keeps_the_pair(study, tmp_path):
     assert len(my_votes(study, "ann-a")) == 0
     at.button(key="ans_alignment_left").click().run()  # once the lock is gone the same key works
     assert len(my_votes(study, "ann-a")) == 1
+
+
+def test_a_key_arriving_after_the_pair_is_finished_is_not_counted(study):
+    at = start_voting(study.tokens["ann-a"])
+    at.button(key="ans_alignment_left").click().run()
+    # Two presses reach the server in one rerun, both bound to pair 1 as it was drawn: the first finishes the pair,
+    # the second (meant for the next pair, pressed before it appeared) must not overwrite the finished answer.
+    at.button(key="ans_quality_left").click()
+    at.button(key="ans_quality_right").click()
+    at.run()
+    assert not at.exception
+    assert pair_label(at).startswith("Pair 2 of")
+    assert any("not counted" in w.value for w in at.warning)
+    v = my_votes(study, "ann-a").set_index("question")
+    assert v.loc["quality", "answer"] == "left" and v.loc["quality", "changes"] == 0
+
+
+def test_database_missing_at_sign_in(study, tmp_path, monkeypatch):
+    monkeypatch.setenv("K3EVAL_DB", f"sqlite:///{tmp_path / 'no-such.db'}")
+    at = app(study.tokens["ann-a"])
+    assert not at.exception
+    assert any("cannot be reached" in e.value for e in at.error)
+    assert any("not found" in t for t in texts(at))
+    assert not (tmp_path / "no-such.db").exists()  # the app never creates an empty database
+
+
+def test_no_study_configured(monkeypatch):
+    monkeypatch.delenv("K3EVAL_SBS_STUDY", raising=False)
+    at = app()
+    assert not at.exception
+    assert any("No study is configured" in e.value for e in at.error)

@@ -43,11 +43,15 @@ def _pct(values: list[float], q: float) -> float:
     return s[k]
 
 
-def _annotate(url: str, token: str, barrier=None) -> dict:
-    """One annotator's session: returns acknowledged votes and latencies (ms)."""
+def _annotate(url: str, token: str, barrier=None, study: str = "perf", think_ms: float = 0.0, seed: int = 0) -> dict:
+    """One annotator's session: returns acknowledged votes and latencies (ms). With think_ms > 0 the annotator pauses
+    before each answer for an exponential time of that mean (seeded), like a person looking at the images."""
+    import random
+
     import k3eval.sbs as sbs
 
-    who = sbs.authenticate(token, "perf", url)
+    rng = random.Random(seed)
+    who = sbs.authenticate(token, study, url)
     if barrier is not None:
         barrier.wait()
     acked, vote_ms, next_ms, errors = [], [], [], []
@@ -60,6 +64,8 @@ def _annotate(url: str, token: str, barrier=None) -> dict:
             break
         for q in view.questions:
             answer = ("left", "right", "equal", "both_bad")[(view.item_id + k) % 4]
+            if think_ms > 0:
+                time.sleep(rng.expovariate(1000.0 / think_ms))
             try:
                 t0 = time.perf_counter()
                 sbs.record_vote(who, view.item_id, q.key, answer, 1.0)
@@ -75,14 +81,15 @@ def _annotate(url: str, token: str, barrier=None) -> dict:
     return {"acked": acked, "vote_ms": vote_ms, "next_ms": next_ms, "errors": errors}
 
 
-def _proc_main(url: str, token: str, barrier, out_q) -> None:
-    out_q.put(_annotate(url, token, barrier))
+def _proc_main(url: str, token: str, barrier, out_q, study: str, think_ms: float, seed: int) -> None:
+    out_q.put(_annotate(url, token, barrier, study, think_ms, seed))
 
 
-def run_backend(url: str, runs: dict, n_annotators: int, mode: str) -> dict:
+def run_backend(url: str, runs: dict, n_annotators: int, mode: str, think_ms: float) -> dict:
     import k3eval.sbs as sbs
 
-    created = sbs.create_study("perf", runs, n_annotators, overlap=OVERLAP, gold=0.0, repeats=0.0, seed=0,
+    study = f"perf-think{int(think_ms)}"
+    created = sbs.create_study(study, runs, n_annotators, overlap=OVERLAP, gold=0.0, repeats=0.0, seed=0,
                                db_url=url)
     results: list[dict] = []
     t_start = time.perf_counter()
@@ -90,12 +97,12 @@ def run_backend(url: str, runs: dict, n_annotators: int, mode: str) -> dict:
         barrier = threading.Barrier(n_annotators)
         lock = threading.Lock()
 
-        def work(tok):
-            r = _annotate(url, tok, barrier)
+        def work(tok, k):
+            r = _annotate(url, tok, barrier, study, think_ms, k)
             with lock:
                 results.append(r)
 
-        threads = [threading.Thread(target=work, args=(t,)) for t in created.tokens.values()]
+        threads = [threading.Thread(target=work, args=(t, k)) for k, t in enumerate(created.tokens.values())]
         t_start = time.perf_counter()
         for t in threads:
             t.start()
@@ -104,7 +111,8 @@ def run_backend(url: str, runs: dict, n_annotators: int, mode: str) -> dict:
     else:
         ctx = mp.get_context("spawn")
         barrier, out_q = ctx.Barrier(n_annotators + 1), ctx.Queue()
-        procs = [ctx.Process(target=_proc_main, args=(url, t, barrier, out_q)) for t in created.tokens.values()]
+        procs = [ctx.Process(target=_proc_main, args=(url, t, barrier, out_q, study, think_ms, k))
+                 for k, t in enumerate(created.tokens.values())]
         for p in procs:
             p.start()
         barrier.wait()  # every process has started and logged in: time the voting only
@@ -114,14 +122,14 @@ def run_backend(url: str, runs: dict, n_annotators: int, mode: str) -> dict:
             p.join()
     wall = time.perf_counter() - t_start
     sbs.dispose_engines()
-    df = sbs.votes_frame("perf", url)
+    df = sbs.votes_frame(study, url)
     acked = [a for r in results for a in r["acked"]]
     stored = set(zip(df["annotator"], df["item_id"].astype(int), df["question"]))
     vote_ms = [x for r in results for x in r["vote_ms"]]
     next_ms = [x for r in results for x in r["next_ms"]]
     return {
         "url": url.split("@")[-1] if "@" in url else "sqlite (temp file)",
-        "mode": mode, "annotators": n_annotators, "overlap": OVERLAP,
+        "mode": mode, "think_ms_mean": think_ms, "annotators": n_annotators, "overlap": OVERLAP,
         "votes_acknowledged": len(acked), "votes_in_db": len(df),
         "lost": len(set(acked) - stored), "duplicates": int(df.duplicated(["annotator", "item_id", "question"]).sum()),
         "items_over_k": int((df.groupby(["item_id", "question"]).size() > OVERLAP).sum()),
@@ -202,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--votes", type=int, default=200, help="votes per annotator (two questions per item)")
     ap.add_argument("--backends", default="sqlite,postgresql")
     ap.add_argument("--mode", default="threads", choices=["threads", "processes"])
+    ap.add_argument("--think-ms", default="0,1000",
+                    help="comma-separated mean pauses before each answer (ms); 0 = saturated, every annotator "
+                    "votes back to back (default 0,1000)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "perf" / "results" / "vote_store.json"))
     args = ap.parse_args(argv)
 
@@ -236,15 +247,18 @@ def main(argv: list[str] | None = None) -> int:
                     out["packages"]["postgresql_server"] = c.execute("SHOW server_version").fetchone()[0]
             else:
                 raise SystemExit(f"--backends: unknown backend {backend!r}; expected sqlite, postgresql")
-            print(f"[{backend}] {args.annotators} annotators x {args.votes} votes ({args.mode}) ...", flush=True)
-            res = run_backend(url, runs, args.annotators, args.mode)
             print(f"[{backend}] raw-driver reference ...", flush=True)
             ref = raw_baseline(base_url, args.annotators, args.votes)
-            res["reference_raw_driver"] = ref
-            res["ratio_p50_vs_raw"] = round(res["vote_ms"]["p50"] / ref["vote_ms"]["p50"], 2)
-            res["ratio_throughput_vs_raw"] = round(res["votes_per_s"] / ref["votes_per_s"], 3)
-            out["backends"][backend] = res
-            print(json.dumps(res, indent=1), flush=True)
+            out["backends"][backend] = {"reference_raw_driver_saturated": ref}
+            for think in [float(x) for x in args.think_ms.split(",")]:
+                print(f"[{backend}] {args.annotators} annotators x {args.votes} votes ({args.mode}, think "
+                      f"{think:.0f} ms) ...", flush=True)
+                res = run_backend(url, runs, args.annotators, args.mode, think)
+                if think == 0:
+                    res["ratio_p50_vs_raw"] = round(res["vote_ms"]["p50"] / ref["vote_ms"]["p50"], 2)
+                    res["ratio_throughput_vs_raw"] = round(res["votes_per_s"] / ref["votes_per_s"], 3)
+                out["backends"][backend][f"think_{think:.0f}ms"] = res
+                print(json.dumps(res, indent=1), flush=True)
     finally:
         import k3eval.sbs as sbs
 
@@ -255,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
 
     atomic_write_json(args.out, out)
     print(f"results -> {args.out}")
-    ok = all(b["lost"] == 0 and b["duplicates"] == 0 and b["items_over_k"] == 0 and not b["errors"]
-             for b in out["backends"].values())
+    ok = all(r["lost"] == 0 and r["duplicates"] == 0 and r["items_over_k"] == 0 and not r["errors"]
+             for b in out["backends"].values() for k, r in b.items() if k.startswith("think_"))
     return 0 if ok else 1
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -207,6 +208,33 @@ class AuditLog(Base):
     created_at: Mapped[datetime]
 
 
+class FifoLock:
+    """A lock handed to waiters in arrival order. `threading.Lock` wakes an arbitrary waiter, so under a burst of
+    votes one unlucky thread can wait many turns; first come, first served bounds every wait by the queue ahead."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._waiters: deque[threading.Lock] = deque()
+        self._held = False
+
+    def acquire(self) -> None:
+        with self._guard:
+            if not self._held:
+                self._held = True
+                return
+            baton = threading.Lock()
+            baton.acquire()
+            self._waiters.append(baton)
+        baton.acquire()  # released by the holder, which hands the lock over without unlocking it in between
+
+    def release(self) -> None:
+        with self._guard:
+            if self._waiters:
+                self._waiters.popleft().release()
+            else:
+                self._held = False
+
+
 # ---- engines ----------------------------------------------------------------------------------------------------
 _ENGINES: dict[str, Engine] = {}
 _ENGINES_LOCK = threading.Lock()
@@ -214,7 +242,7 @@ _CHECKED: set[str] = set()
 # One SQLite writer at a time per process. SQLite's busy handler polls and is not fair: with dozens of threads
 # (Streamlit runs every browser session as a thread of one process) a writer can lose the race for seconds. Queuing
 # writers of this process on a lock leaves the busy timeout to arbitrate only between processes.
-_SQLITE_WRITE_LOCKS: dict[str, threading.Lock] = {}
+_SQLITE_WRITE_LOCKS: dict[str, FifoLock] = {}
 
 
 def normalize_url(db_url: str | None) -> str:
@@ -272,7 +300,7 @@ def _make_engine(url: str) -> Engine:
             path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
                                pool_size=8, max_overflow=56, pool_timeout=30)
-        _SQLITE_WRITE_LOCKS.setdefault(str(engine.url), threading.Lock())
+        _SQLITE_WRITE_LOCKS.setdefault(str(engine.url), FifoLock())
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn, _record):

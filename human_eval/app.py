@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import threading
 import time
 
 import streamlit as st
@@ -32,6 +33,7 @@ from k3eval.sbs import (
     next_item,
     previous_item,
     progress,
+    queue,
     record_vote,
     votes_frame,
 )
@@ -253,7 +255,37 @@ def show_image(who, content_id: str, key: str, label: str) -> None:
         # The label is a constant ("Left"/"Right"): nothing about the image or its source reaches the page.
         st.markdown(f"**{label}**", text_alignment="center")
         raw = image_bytes(who, content_id, reencode=False)  # checks that this annotator may see this image
-        st.image(display_cache().get(f"{who.db_url}|{content_id}", lambda: raw, DEFAULT_MAX_SIDE), width="stretch")
+        st.image(display_cache().get(display_key(who, content_id), lambda: raw, DEFAULT_MAX_SIDE), width="stretch")
+
+
+def display_key(who, content_id: str) -> str:
+    return f"{who.db_url}|{content_id}"
+
+
+def prefetch_following(who, view) -> None:
+    """Warm the display cache with the pair after `view` in a background thread, so that the next pair appears
+    without waiting for its decode and re-encode. Once per pair and session; uses only k3eval.sbs calls, which check
+    that the images belong to this annotator."""
+    done_for = st.session_state.setdefault("prefetched", set())
+    if view.item_id in done_for:
+        return
+    done_for.add(view.item_id)
+    cache, n_questions = display_cache(), len(view.questions)
+
+    def work() -> None:
+        try:
+            entries = queue(who)
+            following = [e for e in entries if e.position > view.position and len(e.answered) < n_questions]
+            if not following:
+                return
+            nxt = item_view(who, following[0].item_id)
+            for cid in (nxt.left, nxt.right):
+                cache.get(display_key(who, cid), lambda cid=cid: image_bytes(who, cid, reencode=False),
+                          DEFAULT_MAX_SIDE)
+        except Exception:  # noqa: BLE001 - only a speed-up: the page itself fetches (and reports) what it shows
+            return
+
+    threading.Thread(target=work, name="k3eval-prefetch", daemon=True).start()
 
 
 def header(who, done: int, assigned: int, view, mode: str) -> None:
@@ -309,6 +341,8 @@ def voting_page(who) -> None:
                            on_click=on_answer, args=(view.item_id, q.key, answer, mode))
     with st.container(key="item_marker"):
         st.caption(f"Pair {view.position} of {view.total}")
+    if mode == "current":
+        prefetch_following(who, view)
 
 
 def annotator_page(who) -> None:

@@ -527,14 +527,13 @@ def section_examples(stats_all, votes: pd.DataFrame | None, image_paths: dict[st
     v = regular_votes(votes)
     q = "alignment" if "alignment" in set(v["question"]) else v["question"].iloc[0]
     d = v[v["question"] == q]
-    g = d.groupby("item_id").agg(prompt_id=("prompt_id", "first"), sample=("sample", "first"),
-                                 category=("category", "first"), model_a=("model_a", "first"),
-                                 model_b=("model_b", "first"), comparison=("comparison", "first"),
-                                 a=("result", lambda x: int((x == "win").sum())),
-                                 b=("result", lambda x: int((x == "loss").sum())),
-                                 equal=("result", lambda x: int((x == "equal").sum())),
-                                 both_bad=("result", lambda x: int((x == "both_bad").sum())),
-                                 n=("result", "size")).reset_index()
+    # counts per item with vectorised group sums (a lambda per group is far too slow for 30,000 votes)
+    first = d.drop_duplicates("item_id").set_index("item_id")[["prompt_id", "sample", "category", "model_a",
+                                                                "model_b", "comparison"]]
+    counts = pd.get_dummies(d["result"]).reindex(columns=["win", "loss", "equal", "both_bad"], fill_value=False)
+    counts = counts.astype(int).groupby(d["item_id"].to_numpy()).sum()
+    g = first.join(counts.rename(columns={"win": "a", "loss": "b"})).reset_index()
+    g["n"] = g[["a", "b", "equal", "both_bad"]].sum(axis=1)
     g["margin"] = g["a"] - g["b"]
     multi = g[g["n"] >= 2]
     pool = multi if len(multi) else g

@@ -13,8 +13,8 @@ import pandas as pd
 
 # Result segments of the preference bars, in drawing order: grey shade and hatch, so print and colour-blind
 # readers can tell them apart without colour.
-SEGMENTS = [("win", "A better", "#3a3a3a", ""), ("equal", "equal", "#bdbdbd", "//"),
-            ("both_bad", "both bad", "#f0f0f0", "xx"), ("loss", "B better", "#7a7a7a", "..")]
+SEGMENTS = [("win", "A better", "#3a3a3a", ""), ("equal", "equal", "#bdbdbd", "/"),
+            ("both_bad", "both bad", "#f0f0f0", "x"), ("loss", "B better", "#7a7a7a", ".")]
 DPI = 100
 
 
@@ -31,7 +31,9 @@ def _plt():
 def _png(fig) -> bytes:
     plt = _plt()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    # one layout pass instead of bbox_inches="tight" (which draws the figure twice)
+    fig.set_layout_engine("constrained")
+    fig.savefig(buf, format="png", dpi=DPI)
     plt.close(fig)
     return buf.getvalue()
 
@@ -82,7 +84,6 @@ def bradley_terry_plot(bt: pd.DataFrame, level: float = 0.95) -> bytes:
         ax.axvline(1000, color="grey", linestyle=":", linewidth=0.8)
         ax.set_xlabel(f"Elo rating (points; mean 1000), {level:.0%} bootstrap CI")
         ax.set_title(f"Bradley-Terry ranking: {q}")
-    fig.tight_layout()
     return _png(fig)
 
 

@@ -1,0 +1,179 @@
+"""The Kandinsky 3 generators end to end on tiny components: `k3eval generate`, instrumentation, the shared prompt
+embedding cache, batch independence, offload, and the bad-input messages."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from k3eval.errors import UserError
+from k3eval.generate import generate_run
+from k3eval.generators.base import GenRequest
+from k3eval.generators.registry import get_entry
+from k3eval.prompts import load_prompt_set
+from k3eval.runs import RunFolder
+
+SHORT, LONG = "a cat", "a very detailed oil painting of a lighthouse on a cliff at sunset with seagulls"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kandinsky3_one_thread():
+    """Tiny networks are latency-bound: on CPU cores shared with other processes, OpenMP threads waiting on each
+    other make a tiny U-Net pass ~30x slower than one thread does."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _gen(name: str, **params):
+    return get_entry(name).create(params)
+
+
+@pytest.fixture(scope="module")
+def kandinsky3_released():
+    return _gen("tiny-kandinsky3-released", steps=2, embedding_cache="none")
+
+
+def test_released_and_flash_generate_runs_sharing_the_text_cache(tmp_path):
+    prompts = load_prompt_set("parti").select(limit=3)
+    cache = tmp_path / "emb"
+    rel = _gen("tiny-kandinsky3-released", steps=2, embedding_cache=str(cache))
+    s = generate_run(rel, prompts, tmp_path / "rel", samples=2, batch_size=2, progress=False)
+    assert s.generated == 6 and s.status_counts == {"ok": 6}
+    # each prompt encoded once for its two samples, and written to the disk cache
+    assert rel.cache.misses == 3 and len(list(cache.rglob("*.safetensors"))) == 3
+    df = RunFolder(tmp_path / "rel").read_manifest()
+    assert set(df["unet_evals"]) == {4}  # 2 guided steps = 4 U-Net evaluations per image
+    for col in ("text_seconds", "denoise_seconds", "decode_seconds"):
+        assert (df[col] >= 0).all()
+    assert df["peak_memory_mb"].isna().all()  # no accelerator
+    assert (df["denoise_seconds"] > 0).all()
+    totals = json.loads((tmp_path / "rel" / "run.json").read_text())["totals"]
+    assert totals["unet_evals_mean"] == 4.0 and totals["denoise_seconds_mean"] > 0
+
+    flash = _gen("tiny-kandinsky3-flash", embedding_cache=str(cache))
+    generate_run(flash, prompts, tmp_path / "flash", samples=1, batch_size=3, progress=False)
+    # Flash reuses the encoder output of the 3.0 run (its projection differs, the T5 output does not)
+    assert flash.cache.hits == 3 and flash.cache.misses == 0 and flash.text_encoder is None
+    fdf = RunFolder(tmp_path / "flash").read_manifest()
+    assert set(fdf["unet_evals"]) == {4} and set(fdf["steps"]) == {4} and fdf["guidance"].isna().all()
+    info = json.loads((tmp_path / "flash" / "run.json").read_text())
+    assert info["generator"]["weights"]["sampler"] == "flash"
+    assert info["generator"]["weights"]["embedding_cache"]["hits"] == 3
+    # the same prompt and seed give different images through 3.0 and Flash
+    a = np.asarray(RunFolder(tmp_path / "rel").path.joinpath(df["path"][0]).read_bytes())
+    b = np.asarray(RunFolder(tmp_path / "flash").path.joinpath(fdf["path"][0]).read_bytes())
+    assert a.tobytes() != b.tobytes()
+
+
+def test_image_does_not_depend_on_its_batch(kandinsky3_released):
+    # tolerance: float noise of batched kernels (~1e-4), far below one 8-bit level (3.9e-3)
+    g = kandinsky3_released
+    reqs = [GenRequest("p1", SHORT, 0, 11), GenRequest("p2", LONG, 0, 22), GenRequest("p3", "a dog", 0, 33)]
+    together = g.generate(reqs)
+    for r, out in zip(reqs, together):
+        alone = g.generate([r])[0]
+        np.testing.assert_allclose(out.image, alone.image, atol=5e-4)
+    assert together[0].extra["unet_evals"] == 4
+    assert not np.allclose(together[0].image, together[2].image)
+
+
+def test_negative_prompt_and_seed_change_the_image(kandinsky3_released):
+    g = kandinsky3_released
+    base = g.generate([GenRequest("p", SHORT, 0, 5)])[0].image
+    neg = g.generate([GenRequest("p", SHORT, 0, 5, negative_prompt=LONG)])[0].image
+    other_seed = g.generate([GenRequest("p", SHORT, 0, 6)])[0].image
+    again = g.generate([GenRequest("p", SHORT, 0, 5)])[0].image
+    assert np.array_equal(base, again)
+    assert not np.allclose(base, neg, atol=1e-4) and not np.allclose(base, other_seed, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["model", "sequential"])
+def test_offload_gives_the_same_images(kandinsky3_released, mode):
+    req = [GenRequest("p", SHORT, 0, 9)]
+    ref = kandinsky3_released.generate(req)[0].image
+    off = _gen("tiny-kandinsky3-released", steps=2, embedding_cache="none", offload=mode)
+    np.testing.assert_allclose(off.generate(req)[0].image, ref, atol=1e-5)
+    assert off.describe()["weights"]["offload"] == mode
+
+
+def test_dtype_per_component(kandinsky3_released):
+    import torch
+
+    g = _gen("tiny-kandinsky3-released", steps=2, embedding_cache="none", unet_dtype="bf16")
+    out = g.generate([GenRequest("p", SHORT, 0, 9)])[0].image
+    assert g.unet.dtype == torch.bfloat16 and g.movq.dtype == torch.float32
+    assert g.describe()["weights"]["dtypes"] == {"unet": "bfloat16", "text_encoder": "float32", "movq": "float32"}
+    ref = kandinsky3_released.generate([GenRequest("p", SHORT, 0, 9)])[0].image
+    assert np.isfinite(out).all() and np.abs(out - ref).mean() < 0.1
+    with pytest.raises(UserError, match="parameter 'movq_dtype'.*'fp8'"):
+        _gen("tiny-kandinsky3-released", movq_dtype="fp8")
+    with pytest.raises(UserError, match="parameter 'offload'.*'disk'"):
+        _gen("tiny-kandinsky3-released", offload="disk")
+
+
+def test_sizes_are_rounded_to_multiples_of_64_and_recorded(tmp_path):
+    g = _gen("tiny-kandinsky3-flash", height=100, width=64, embedding_cache="none")
+    assert g.params["height"] == 128
+    generate_run(g, load_prompt_set("parti").select(limit=1), tmp_path / "r", progress=False)
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert any("height 100 is not a multiple of 64; rounded up to 128" in w for w in info["generator"]["warnings"])
+    df = RunFolder(tmp_path / "r").read_manifest()
+    assert df["height"].tolist() == [128] and df["width"].tolist() == [64]
+
+
+def test_flash_warns_that_guidance_is_ignored():
+    g = _gen("tiny-kandinsky3-flash", guidance=5.0, steps=50)
+    assert any("guidance=5.0, steps=50 ignored" in w for w in g.warnings)
+    assert g.params["guidance"] is None and g.params["steps"] == 4
+    assert not _gen("tiny-kandinsky3-flash").warnings
+
+
+@pytest.mark.parametrize("name,file", [("kandinsky3", "weights/kandinsky3.pt"),
+                                       ("kandinsky3-flash", "weights/kandinsky3_flash.pt")])
+def test_missing_weights_offline_name_the_file_repo_and_option(name, file):
+    g = _gen(name)
+    with pytest.raises(UserError) as e:
+        g.ensure_loaded()
+    msg = str(e.value)
+    assert file in msg and "ai-forever/Kandinsky3.1" in msg and "--set unet=" in msg
+
+
+def test_missing_local_path_is_named(tmp_path):
+    g = _gen("tiny-kandinsky3-released", unet=str(tmp_path / "nope.pt"))
+    with pytest.raises(UserError, match="parameter 'unet'.*nope.pt does not exist"):
+        g.ensure_loaded()
+    g = _gen("tiny-kandinsky3-released", text_encoder=str(tmp_path))
+    with pytest.raises(UserError, match="cannot load the tokenizer.*--set text_encoder="):
+        g.ensure_loaded()
+
+
+def test_converted_folder_loads_like_the_checkpoint(tmp_path, kandinsky3_released):
+    from k3eval.generators.kandinsky3 import tiny_released_folder
+    from k3eval.generators.kandinsky3_convert import convert_checkpoint
+
+    src = tiny_released_folder() / "weights"
+    out = convert_checkpoint(src / "kandinsky3.pt", src / "flan_ul2_encoder" / "projection.pt", tmp_path / "c",
+                             head_dim=8, groups=4)
+    g = _gen("tiny-kandinsky3-released", steps=2, embedding_cache="none", unet=str(out))
+    req = [GenRequest("p", LONG, 0, 3)]
+    np.testing.assert_allclose(g.generate(req)[0].image, kandinsky3_released.generate(req)[0].image, atol=1e-6)
+    assert g.describe()["weights"]["loaded"]["unet"]["format"] == "diffusers (converted)"
+
+
+def test_kandinsky3_diffusers_on_tiny_components(tmp_path):
+    from k3eval.generators.kandinsky3 import tiny_pipeline_folder
+
+    g = _gen("kandinsky3-diffusers", model=str(tiny_pipeline_folder()), height=64, width=64, steps=2, variant=None)
+    reqs = [GenRequest("p1", SHORT, 0, 11), GenRequest("p2", LONG, 0, 22)]
+    outs = g.generate(reqs)
+    assert outs[0].image.shape == (64, 64, 3) and outs[0].extra["unet_evals"] == 4
+    assert outs[0].extra["denoise_seconds"] > 0
+    np.testing.assert_allclose(outs[1].image, g.generate([reqs[1]])[0].image, atol=5e-4)
+    rounded = _gen("kandinsky3-diffusers", height=1000)
+    assert rounded.params["height"] == 1024 and "rounded up to 1024" in rounded.warnings[0]

@@ -298,8 +298,21 @@ def _make_engine(url: str) -> Engine:
         path = _sqlite_path(url)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+        kwargs = {}
+        if path is not None:
+            import sqlite3
+
+            if not path.exists():
+                sqlite3.connect(path).close()  # only `create` gets here: get_engine refuses a missing file otherwise
+            uri = f"file:{path.resolve()}?mode=rw"
+
+            def creator():
+                # mode=rw: a database deleted while the server runs is an error, never silently recreated empty
+                return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+
+            kwargs["creator"] = creator
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
-                               pool_size=8, max_overflow=56, pool_timeout=30)
+                               pool_size=8, max_overflow=56, pool_timeout=30, **kwargs)
         _SQLITE_WRITE_LOCKS.setdefault(str(engine.url), FifoLock())
 
         @event.listens_for(engine, "connect")
@@ -352,6 +365,9 @@ def unavailable(err: Exception, url: str | None = None) -> StoreUnavailable:
     """Turn a driver error into a message a person can act on."""
     text = str(getattr(err, "orig", err)).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     where = _shown(url) if url else "the vote database"
+    if "unable to open database file" in text:
+        return StoreUnavailable(f"{where} is gone or cannot be opened (file deleted, moved or unreadable); restore it "
+                                "or point --db / K3EVAL_DB at the right database")
     if "locked" in text or "busy" in text:
         return StoreUnavailable(f"{where} is busy (locked by another writer for more than {BUSY_TIMEOUT_S:.0f} s); "
                                 "try again in a moment")

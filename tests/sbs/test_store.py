@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import sqlite3
+import threading
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -190,8 +193,6 @@ def test_votes_frame_matches_formats_and_what_was_shown(study):
 
 def study_runs(created):
     info = sbs.study_info(created.name, created.db_url)
-    from pathlib import Path
-
     return {k: Path(v) for k, v in info["runs"].items()}
 
 
@@ -294,3 +295,34 @@ def test_other_schema_version_is_refused(study):
     sbs.dispose_engines()
     with pytest.raises(sbs.StoreUnavailable, match="schema version 99, this k3eval uses 1"):
         _login(study)
+
+
+def test_sqlite_database_deleted_while_in_use_is_a_clear_error(two_runs, tmp_path):
+    db = tmp_path / "votes.db"
+    created = sbs.create_study("demo", two_runs, 2, overlap=1, db_url=f"sqlite:///{db}")
+    who = _login(created)
+    view = sbs.next_item(who)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    with pytest.raises(sbs.StoreUnavailable, match="not found"):
+        sbs.record_vote(who, view.item_id, "alignment", "left", 1.0)
+    assert not db.exists()  # never recreated empty behind the user's back
+
+
+def test_fifo_writer_lock_serves_waiters_in_arrival_order():
+    lock = store.FifoLock()
+    lock.acquire()
+    order: list[int] = []
+    threads = []
+    for k in range(5):
+        t = threading.Thread(target=lambda k=k: (lock.acquire(), order.append(k), lock.release()))
+        t.start()
+        threads.append(t)
+        while len(lock._waiters) < k + 1:  # wait until thread k is queued before starting the next
+            time.sleep(0.001)
+    lock.release()
+    for t in threads:
+        t.join(timeout=10)
+    assert order == [0, 1, 2, 3, 4]
+    lock.acquire()  # free again once everyone is done
+    lock.release()

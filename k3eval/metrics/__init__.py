@@ -1,0 +1,7 @@
+"""Automatic metrics: FID, KID, IS (TF-ported Inception-v3), CLIP score (open_clip or transformers) and CMMD.
+
+Layers: `functional` (pure functions on features), `classes` (torchmetrics Metric classes that accumulate and
+gather across processes), `inception`/`clip` (networks and their synthetic test weights), `preprocess` (image
+decoding and resize protocols), `extract` + `cache` (cached features), `reference` (reference statistics),
+`score` (`k3eval score`), `stage` (benchmark stage `score`), `cli`. Importing this package imports no torch.
+"""

@@ -1,0 +1,144 @@
+"""`k3eval score` and `k3eval reference build`. Imports torch only inside the handlers (`k3eval --help` stays fast)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _csv(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _nonneg(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {v}")
+    return v
+
+
+def _positive(text: str) -> int:
+    v = _nonneg(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def add_protocol_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by `score` and `reference build`: protocol, weights, models, device, cache."""
+    p.add_argument("--protocol", default="clean", help="Inception resize protocol: clean (PIL bicubic, default) or tf "
+                   "(TF1 bilinear, as torch-fidelity / pytorch-fid)")
+    p.add_argument("--inception-weights", default=None, metavar="PATH",
+                   help="TF-ported Inception weights file (default: torch hub cache, else download); 'synthetic' for "
+                   "seeded random test weights")
+    p.add_argument("--clip-backend", default="open_clip", help="open_clip (default) or transformers")
+    p.add_argument("--clip-model", default="ViT-L-14", help="open_clip model name, or HF id/folder for transformers")
+    p.add_argument("--clip-pretrained", default="openai", help="open_clip pretrained tag or checkpoint file; "
+                   "'synthetic' for seeded random test weights")
+    p.add_argument("--cmmd-model", default="ViT-L-14-336", help="open_clip model for CMMD (default ViT-L-14-336)")
+    p.add_argument("--cmmd-pretrained", default="openai", help="pretrained tag or file for the CMMD model")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--batch-size", type=_positive, default=32)
+    p.add_argument("--dtype", default="float32", help="Inception compute dtype: float32 (default) or float64")
+    p.add_argument("--cache", default="default", metavar="DIR",
+                   help="feature cache folder (default $K3EVAL_CACHE/features); 'none' disables it")
+    p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out (listed) instead of failing")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _cache(value: str) -> str | None:
+    return None if value.lower() == "none" else value
+
+
+def cmd_score(args) -> int:
+    from k3eval.metrics.score import ScoreOptions, score_run
+
+    opts = ScoreOptions(
+        metrics=args.metrics, reference=args.reference, reference_protocol=args.reference_protocol,
+        protocol=args.protocol, inception_weights=args.inception_weights, clip_backend=args.clip_backend,
+        clip_model=args.clip_model, clip_pretrained=args.clip_pretrained, cmmd_model=args.cmmd_model,
+        cmmd_pretrained=args.cmmd_pretrained, bootstrap=args.bootstrap, set_bootstrap=args.set_bootstrap,
+        seed=args.seed, kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
+        is_splits=args.is_splits, min_category=args.min_category, skip_bad=args.skip_bad,
+        allow_protocol_mismatch=args.allow_protocol_mismatch, device=args.device, batch_size=args.batch_size,
+        dtype=args.dtype, cache=_cache(args.cache), progress=not args.quiet)
+    summary = score_run(args.run_dir, opts)
+    print(format_summary(summary))
+    return 0
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"{summary['run']['path']}: {summary['n_images']} images"
+             + (" (SYNTHETIC weights: pipeline test only)" if summary.get("synthetic_weights") else "")]
+    for m in summary["metrics"].values():
+        v = "n/a" if m["value"] is None else f"{m['value']:.4f}"
+        ci = f" [{m['ci'][0]:.4f}, {m['ci'][1]:.4f}]" if m.get("ci") else ""
+        lines.append(f"  {m['display_name']:<16} {v}{ci}  (n={m['n']}, {m['protocol'].get('protocol', '')})".rstrip())
+    lines.append(f"  -> {summary['run']['path']}/scores/summary.json")
+    return "\n".join(lines)
+
+
+def cmd_reference_build(args) -> int:
+    from k3eval.errors import UserError
+    from k3eval.metrics.cache import default_root
+    from k3eval.metrics.extract import ClipImageExtractor, InceptionExtractor
+    from k3eval.metrics.reference import build_reference
+    from k3eval.metrics.weights import resolve_inception_weights
+
+    metrics = args.metrics or ["fid", "kid"]
+    unknown = [m for m in metrics if m not in ("fid", "kid", "cmmd")]
+    if unknown:
+        raise UserError(f"--metrics: a reference serves fid, kid and cmmd; got {', '.join(unknown)}")
+    inception = InceptionExtractor(resolve_inception_weights(args.inception_weights), args.protocol, args.device,
+                                   args.batch_size, args.dtype)
+    clip = ClipImageExtractor("open_clip", args.cmmd_model, args.cmmd_pretrained, args.device, args.batch_size) \
+        if "cmmd" in metrics else None
+    cache = _cache(args.cache)
+    root = None if cache is None else (default_root() if cache == "default" else cache)
+    ref = build_reference(args.images_dir, args.out, inception, root, clip=clip, skip_bad=args.skip_bad,
+                          progress=not args.quiet)
+    print(f"{args.out}: reference of {ref.n} images, protocol {args.protocol}, weights "
+          f"{ref.protocol['weights']} ({'standard' if ref.protocol['standard_weights'] else 'NON-STANDARD'})"
+          + (", with CLIP embeddings for CMMD" if clip else ""))
+    for w in ref.warnings:
+        print(f"  warning: {w}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("score", help="automatic metrics of a run folder (FID, KID, IS, CLIP score, CMMD) -> "
+                       "RUN_DIR/scores/")
+    p.add_argument("run_dir", help="run folder (from generate or import)")
+    p.add_argument("--metrics", type=_csv, default=None,
+                   help="comma-separated: clip_score,fid,kid,is,cmmd (default: clip_score,is, plus fid,kid,cmmd with "
+                   "--reference)")
+    p.add_argument("--reference", default=None, help="reference .npz (k3eval reference build, or external with "
+                   "--reference-protocol), or a folder of reference images / a run folder")
+    p.add_argument("--reference-protocol", default=None, help="declare the protocol (tf|clean) of an external .npz")
+    p.add_argument("--allow-protocol-mismatch", action="store_true",
+                   help="score against a reference of another protocol anyway (recorded as a warning)")
+    p.add_argument("--bootstrap", type=_nonneg, default=1000,
+                   help="resamples of the CLIP score interval over prompts (default 1000; 0: no interval)")
+    p.add_argument("--set-bootstrap", type=_nonneg, default=0,
+                   help="resamples for intervals of FID, KID, IS and CMMD (each recomputes the metric; default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of bootstrap, KID subsets and IS splits (default 0)")
+    p.add_argument("--kid-subsets", type=_positive, default=100)
+    p.add_argument("--kid-subset-size", type=_positive, default=1000)
+    p.add_argument("--is-splits", type=_positive, default=10)
+    p.add_argument("--min-category", type=_positive, default=50,
+                   help="fewest images for a per-category FID/KID/IS/CMMD (smaller ones are flagged too_small)")
+    add_protocol_args(p)
+    p.set_defaults(func=cmd_score)
+
+    r = sub.add_parser("reference", help="reference statistics for FID, KID and CMMD")
+    rsub = r.add_subparsers(dest="reference_command", metavar="ACTION", required=True)
+    b = rsub.add_parser("build", help="statistics of a folder of images or a run folder -> REF.npz")
+    b.add_argument("images_dir", help="folder of images (searched recursively) or a run folder")
+    b.add_argument("--out", required=True, help="output .npz (mu, sigma as pytorch-fid/clean-fid, plus features "
+                   "and the protocol)")
+    b.add_argument("--metrics", type=_csv, default=None, help="what the reference serves: fid,kid (default), add cmmd "
+                   "to store CLIP embeddings")
+    add_protocol_args(b)
+    b.set_defaults(func=cmd_reference_build)

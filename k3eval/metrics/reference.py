@@ -1,0 +1,166 @@
+"""Reference statistics: what generated images are compared with (FID, KID, CMMD).
+
+A reference file is an `.npz` in the layout pytorch-fid and clean-fid use (`mu`, `sigma`, float64), plus, when
+k3eval wrote it: `features` (the N x 2048 pool3 features, for KID), `clip_features` (for CMMD) and `k3eval_reference`
+(a JSON string: the Inception protocol fingerprint, the CLIP fingerprint, n, the source and when it was built).
+An external `.npz` holding only `mu` and `sigma` (for example the published COCO val2014 statistics) is accepted
+when its protocol is declared (`--reference-protocol tf|clean`); it then serves FID only.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from k3eval.errors import UserError
+from k3eval.metrics.cache import FeatureCache
+from k3eval.metrics.extract import ImageItem, extract_images
+from k3eval.metrics.functional import gaussian_stats
+from k3eval.metrics.inception import POOL_DIM
+from k3eval.metrics.preprocess import PROTOCOLS
+from k3eval.utils import atomic_write_bytes, now_iso, package_versions, sha256_file
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# What must agree between a reference and the scored images for FID/KID to be comparable.
+PROTOCOL_KEYS = ("extractor", "sha256", "protocol")
+
+
+@dataclass
+class Reference:
+    mu: np.ndarray
+    sigma: np.ndarray
+    n: int
+    protocol: dict[str, Any]
+    source: str
+    features: np.ndarray | None = None
+    clip_features: np.ndarray | None = None
+    clip_protocol: dict[str, Any] | None = None
+    external: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def image_items(source: str | Path) -> list[ImageItem]:
+    """The images of a run folder (status-ok manifest rows, keyed by their recorded sha256) or of any folder of
+    image files (searched recursively, sorted by path, keyed by the sha256 of each file)."""
+    src = Path(source)
+    if not src.exists():
+        raise UserError(f"images folder not found: {src}")
+    if (src / "run.json").exists():
+        from k3eval.runs import load_run
+
+        run = load_run(src)
+        rows = run.ok_rows()
+        return [ImageItem(_row_sha(run, r), run.image_path(r)) for r in rows.to_dict("records")]
+    if src.is_file():
+        raise UserError(f"expected a folder of images or a run folder, got the file {src}")
+    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return [ImageItem(sha256_file(p), p) for p in files]
+
+
+def _row_sha(run, row: dict) -> str:
+    sha = row.get("sha256")
+    if isinstance(sha, str) and len(sha) == 64:
+        return sha
+    p = run.image_path(row)
+    return sha256_file(p) if p.exists() else f"missing:{p}"
+
+
+def build_reference(source: str | Path, out: str | Path, inception, cache_root: str | Path | None,
+                    clip=None, skip_bad: bool = False, progress: bool = False) -> Reference:
+    """Compute reference statistics of the images in `source` and write them to `out` (.npz, atomically)."""
+    items = image_items(source)
+    if len(items) < 2:
+        raise UserError(f"{source}: found {len(items)} image(s); a reference needs at least 2")
+    ext = extract_images(inception, items, FeatureCache(inception.fingerprint, cache_root), skip_bad=skip_bad,
+                         progress=progress, desc="reference features")
+    pool = ext.feats[:, :POOL_DIM]
+    if pool.shape[0] < 2:
+        raise UserError(f"{source}: fewer than 2 readable images")
+    mu, sigma = gaussian_stats(pool)
+    warnings = [f"skipped unreadable image {e.path}: {e.reason}" for e in ext.bad]
+    if pool.shape[0] < POOL_DIM:
+        warnings.append(f"n = {pool.shape[0]} < {POOL_DIM} features: the covariance is rank-deficient")
+    ref = Reference(mu, sigma, pool.shape[0], inception.fingerprint, str(source), features=pool.astype(np.float32),
+                    warnings=warnings)
+    if clip is not None:
+        cext = extract_images(clip, items, FeatureCache(clip.fingerprint, cache_root), skip_bad=True,
+                              progress=progress, desc="reference CLIP features")
+        ref.clip_features = cext.feats.astype(np.float32)
+        ref.clip_protocol = clip.fingerprint
+    write_reference(ref, out)
+    return ref
+
+
+def write_reference(ref: Reference, out: str | Path) -> None:
+    meta = {"k3eval_reference": 1, "protocol": ref.protocol, "clip_protocol": ref.clip_protocol, "n": ref.n,
+            "source": ref.source, "created": now_iso(), "versions": package_versions(), "warnings": ref.warnings}
+    arrays: dict[str, Any] = {"mu": ref.mu, "sigma": ref.sigma, "k3eval_reference": np.array(json.dumps(meta))}
+    if ref.features is not None:
+        arrays["features"] = ref.features
+    if ref.clip_features is not None:
+        arrays["clip_features"] = ref.clip_features
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    out = Path(out)
+    if out.suffix != ".npz":
+        raise UserError(f"--out: reference files end in .npz, got {out}")
+    atomic_write_bytes(out, buf.getvalue())
+
+
+def load_reference(path: str | Path, declared_protocol: str | None = None) -> Reference:
+    """Read a reference .npz. Files without k3eval metadata need `declared_protocol` ('tf' or 'clean'): they are
+    then taken as computed with the official Inception weights under that protocol."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--reference: file not found: {p}")
+    try:
+        z = np.load(p, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"--reference: {p} is not a readable .npz ({e})") from None
+    with z:
+        if "mu" not in z or "sigma" not in z:
+            raise UserError(f"--reference: {p} has no 'mu' and 'sigma' arrays (keys: {', '.join(z.files)})")
+        mu, sigma = np.asarray(z["mu"], np.float64), np.asarray(z["sigma"], np.float64)
+        if mu.shape != (POOL_DIM,) or sigma.shape != (POOL_DIM, POOL_DIM):
+            raise UserError(f"--reference: {p} holds mu {mu.shape} and sigma {sigma.shape}; expected Inception pool3 "
+                            f"statistics ({POOL_DIM},) and ({POOL_DIM}, {POOL_DIM})")
+        if "k3eval_reference" in z:
+            meta = json.loads(str(z["k3eval_reference"]))
+            if declared_protocol and declared_protocol != meta["protocol"].get("protocol"):
+                raise UserError(f"--reference-protocol {declared_protocol} contradicts {p}, which records protocol "
+                                f"{meta['protocol'].get('protocol')!r}")
+            return Reference(mu, sigma, int(meta["n"]), meta["protocol"], str(p),
+                             features=z["features"] if "features" in z else None,
+                             clip_features=z["clip_features"] if "clip_features" in z else None,
+                             clip_protocol=meta.get("clip_protocol"), warnings=list(meta.get("warnings", [])))
+    if declared_protocol not in PROTOCOLS:
+        raise UserError(f"--reference: {p} has no k3eval protocol record; declare how it was computed with "
+                        f"--reference-protocol ({' or '.join(PROTOCOLS)}), e.g. 'tf' for pytorch-fid / torch-fidelity "
+                        "statistics such as the published COCO val2014 ones")
+    from k3eval.metrics.weights import OFFICIAL_INCEPTION_SHA256
+
+    proto = {"extractor": "inception-v3-compat", "sha256": sorted(OFFICIAL_INCEPTION_SHA256)[0],
+             "standard_weights": True, "protocol": declared_protocol, "resize": PROTOCOLS[declared_protocol],
+             "declared": True}
+    return Reference(mu, sigma, -1, proto, str(p), external=True,
+                     warnings=[f"external reference statistics, protocol declared as '{declared_protocol}'"])
+
+
+def protocol_mismatch(ours: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
+    """The protocol fields that differ between the scored images and a reference (empty when comparable)."""
+    return [f"{k}: images {ours.get(k)!r}, reference {theirs.get(k)!r}" for k in PROTOCOL_KEYS
+            if ours.get(k) != theirs.get(k)]
+
+
+def reference_fingerprint(ref: Reference) -> dict[str, Any]:
+    return {"source": Path(ref.source).name, "n": ref.n, "external": ref.external,
+            "sha256": ref.protocol.get("sha256"), "protocol": ref.protocol.get("protocol")}
+
+
+def file_digest(path: str | Path) -> str:
+    return sha256_file(path)

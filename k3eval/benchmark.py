@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from k3eval.config import BenchmarkSpec, RunSpec, load_benchmark, resolve_relative
+from k3eval.config import BenchmarkSpec, ImportedRunSpec, RunSpec, load_benchmark, resolve_relative
 from k3eval.errors import UserError
 
 STAGES: dict[str, str] = {
@@ -37,8 +37,19 @@ class BenchmarkContext:
     def run_dir(self, run: RunSpec) -> Path:
         return self.spec.runs_path(self.root) / run.label
 
+    def imported_dir(self, imp: ImportedRunSpec) -> Path:
+        if imp.path:
+            return resolve_relative(self.source, imp.path)
+        return self.spec.runs_path(self.root) / imp.name
+
     def run_dirs(self) -> dict[str, Path]:
-        return {r.label: self.run_dir(r) for r in self.spec.generators}
+        """{run name: folder} of every generated run, then every imported run whose folder exists."""
+        dirs = {r.label: self.run_dir(r) for r in self.spec.generators}
+        for imp in self.spec.imported or []:
+            folder = self.imported_dir(imp)
+            if (folder / "run.json").exists():
+                dirs[imp.name] = folder
+        return dirs
 
     def prompts(self):
         from k3eval.prompts import load_prompt_set
@@ -69,14 +80,16 @@ def available_stages() -> dict[str, Any]:
 
 
 def stage_generate(ctx: BenchmarkContext) -> None:
-    """Generate every run of the benchmark into runs/<benchmark>/<run name>/ (resumable)."""
-    from k3eval.generate import generate_run
+    """Generate every run of the benchmark into runs/<benchmark>/<run name>/ (resumable), then import the imported
+    runs whose images are given. Under torchrun every rank takes its share of each run (see `generate_run`)."""
+    from k3eval.generate import generate_run, parse_shard, rank_device
     from k3eval.generators.registry import get_entry
 
     prompts = ctx.prompts()
+    shard = parse_shard(None)
     for run in ctx.spec.generators:
         entry = get_entry(run.generator, ctx.extra_catalogs())
-        device = run.device or ctx.spec.device
+        device = rank_device(run.device or ctx.spec.device)
         gen = entry.create(run.params, device=device, dtype=run.dtype)
         beautifier = None
         if run.beautify:
@@ -84,12 +97,35 @@ def stage_generate(ctx: BenchmarkContext) -> None:
 
             beautifier = load_beautifier(run.beautify, device=device)
         summary = generate_run(gen, prompts, ctx.run_dir(run), samples=ctx.spec.samples, seed=ctx.spec.seed,
-                               batch_size=run.batch_size or ctx.spec.batch_size, force=ctx.force,
+                               batch_size=run.batch_size or ctx.spec.batch_size, force=ctx.force, shard=shard,
                                progress=ctx.progress, extra_info={"benchmark": ctx.spec.name, "run_name": run.label},
                                beautifier=beautifier)
         gen.close()
+        bad = {k: v for k, v in summary.run_counts.items() if k != "ok"}
         print(f"[generate] {run.label}: {summary.generated} new, {summary.done_before} already done -> "
-              f"{summary.run_dir}")
+              f"{summary.run_dir}" + (f"; bad outputs {bad} (rerun `k3eval generate ... --retry-bad`)" if bad else ""))
+    if shard[0] == 0:
+        for imp in ctx.spec.imported or []:
+            import_run(ctx, imp, prompts)
+
+
+def import_run(ctx: BenchmarkContext, imp: ImportedRunSpec, prompts) -> None:
+    """Import one imported run if its images are given and its folder does not exist yet; say what to do if not."""
+    folder = ctx.imported_dir(imp)
+    if (folder / "run.json").exists() and not ctx.force:
+        print(f"[generate] {imp.name}: imported run present at {folder}")
+        return
+    images = resolve_relative(ctx.source, imp.images) if imp.images else None
+    if images is None or not images.is_dir():
+        print(f"[generate] {imp.name}: no images yet ({imp.images or 'no images: folder given'}); import them with "
+              f"`k3eval import IMAGES_DIR --mapping MAPPING.csv --prompts {ctx.spec.prompts.set} --name "
+              f"{imp.system or imp.name} --out {folder}` (same prompt selection); later stages skip this run")
+        return
+    from k3eval.importer import import_images
+
+    report = import_images(images, resolve_relative(ctx.source, imp.mapping or ""), prompts, folder,
+                           name=imp.system or imp.name, version=imp.version, date=imp.date, force=ctx.force)
+    print("[generate] " + report.lines()[0])
 
 
 def run_benchmark(path: str | Path, stages: list[str] | None = None, limit: int | None = None, force: bool = False,

@@ -40,6 +40,33 @@ class RunSpec(Strict):
         return self.name or self.generator.replace(":", "_").replace("/", "_")
 
 
+class ImportedRunSpec(Strict):
+    """Images of a system without open weights (DALL-E 3, Midjourney), imported with `k3eval import`."""
+
+    name: str = Field(description="run name (folder under runs_dir), used in comparisons")
+    system: str | None = Field(default=None, description="system name in run.json (default: name)")
+    version: str | None = None
+    date: str | None = Field(default=None, description="when the images were made, YYYY-MM-DD")
+    images: str | None = Field(default=None, description="folder of the exported images")
+    mapping: str | None = Field(default=None, description="CSV: file, prompt_id or prompt, sample")
+    path: str | None = Field(default=None, description="an existing run folder made by `k3eval import`")
+
+    @model_validator(mode="after")
+    def _images_with_mapping(self) -> ImportedRunSpec:
+        if (self.images is None) != (self.mapping is None):
+            raise ValueError("give both 'images' and 'mapping' (or neither, with 'path')")
+        return self
+
+
+class ComparisonSpec(Strict):
+    """One pairwise comparison of two runs (by run name), e.g. a side-by-side question of the report."""
+
+    a: str
+    b: str
+    name: str | None = None
+    note: str = ""
+
+
 class BenchmarkSpec(Strict):
     name: str
     description: str = ""
@@ -54,7 +81,8 @@ class BenchmarkSpec(Strict):
     metrics: dict[str, Any] | None = None
     study: dict[str, Any] | None = None
     report: dict[str, Any] | None = None
-    comparisons: list[dict[str, Any]] | None = None
+    comparisons: list[ComparisonSpec] | None = None
+    imported: list[ImportedRunSpec] | None = None
     notes: str = ""
 
     @field_validator("name")
@@ -71,6 +99,15 @@ class BenchmarkSpec(Strict):
             if r.label in seen:
                 raise ValueError(f"two generators share the run name '{r.label}': give one a distinct 'name'")
             seen.add(r.label)
+        for imp in self.imported or []:
+            if imp.name in seen:
+                raise ValueError(f"imported run '{imp.name}' has the name of another run: give it a distinct 'name'")
+            seen.add(imp.name)
+        for i, c in enumerate(self.comparisons or []):
+            for side in ("a", "b"):
+                if getattr(c, side) not in seen:
+                    raise ValueError(f"comparisons.{i}.{side}: no run named '{getattr(c, side)}'; runs: "
+                                     f"{', '.join(sorted(seen))}")
         return self
 
     def runs_path(self, root: Path | None = None) -> Path:

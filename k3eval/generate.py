@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import time
 from collections.abc import Sequence
@@ -108,7 +109,6 @@ class _Group:
 
     def __init__(self, rank: int, world: int):
         self.active = False
-        self.owned = False
         if world > 1 and launched_by_torchrun() and (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) == (
                 rank, world):
             import datetime
@@ -117,9 +117,10 @@ class _Group:
 
             if not dist.is_initialized():
                 # gloo works on CPU-only machines too; a long timeout because ranks may finish their shares hours
-                # apart when a resume left them uneven amounts of work.
+                # apart when a resume left them uneven amounts of work. The group lives until the process exits,
+                # so a benchmark's several runs reuse it.
                 dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=DIST_TIMEOUT_S))
-                self.owned = True
+                atexit.register(_destroy_group)
             self.active = True
 
     def barrier(self) -> None:
@@ -129,11 +130,14 @@ class _Group:
             dist.barrier()
 
     def close(self) -> None:
-        if self.owned:
-            import torch.distributed as dist
+        self.active = False
 
-            dist.destroy_process_group()
-            self.owned = False
+
+def _destroy_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 #: how long a torchrun rank waits for the others at a barrier (seconds)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -99,8 +100,12 @@ def ratio_bootstrap_ci(weights: np.ndarray, sums: np.ndarray, counts: np.ndarray
         return np.full(sums.shape[1], np.nan), np.full(sums.shape[1], np.nan)
     lo = np.full(sums.shape[1], np.nan)
     hi = np.full(sums.shape[1], np.nan)
-    q = np.nanquantile(ratio[:, enough], [a, 1.0 - a], axis=0)
-    lo[enough], hi[enough] = q[0], q[1]
+    # np.nanquantile loops in Python over columns: use it only for the few cells with empty resamples
+    gaps = np.isnan(ratio).any(axis=0)
+    for cols, fn in ((enough & ~gaps, np.quantile), (enough & gaps, np.nanquantile)):
+        if cols.any():
+            q = fn(ratio[:, cols], [a, 1.0 - a], axis=0)
+            lo[cols], hi[cols] = q[0], q[1]
     return lo, hi
 
 
@@ -110,16 +115,21 @@ def _check_level(level: float) -> None:
 
 
 # ---- proportions and tests -----------------------------------------------------------------------------------------
-def wilson_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval (no continuity correction) for a proportion `successes / n`; (nan, nan) when n = 0."""
+@lru_cache(maxsize=16)
+def _z(level: float) -> float:
     from scipy.stats import norm
 
+    return float(norm.ppf(1.0 - (1.0 - level) / 2.0))
+
+
+def wilson_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval (no continuity correction) for a proportion `successes / n`; (nan, nan) when n = 0."""
     _check_level(level)
     if n < 0 or successes < 0 or successes > n:
         raise UserError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
     if n == 0:
         return (float("nan"), float("nan"))
-    z = float(norm.ppf(1.0 - (1.0 - level) / 2.0))
+    z = _z(float(level))
     p = successes / n
     denom = 1.0 + z * z / n
     centre = (p + z * z / (2.0 * n)) / denom
@@ -127,18 +137,19 @@ def wilson_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def sign_test(wins: int, losses: int) -> float:
+def sign_test(wins, losses):
     """Exact two-sided sign test of wins against losses (ties left out): P-value of H0 'each side wins half'.
 
     Because the null is p = 1/2 the two-sided P-value is twice the smaller tail, capped at 1; nan with no votes.
+    Scalars give a float; arrays (of equal shape) give an array, computed in one call.
     """
     from scipy.stats import binom
 
-    n = int(wins) + int(losses)
-    if n == 0:
-        return float("nan")
-    k = min(int(wins), int(losses))
-    return float(min(1.0, 2.0 * binom.cdf(k, n, 0.5)))
+    w = np.asarray(wins, dtype=np.int64)
+    lo = np.asarray(losses, dtype=np.int64)
+    n = w + lo
+    p = np.where(n > 0, np.minimum(1.0, 2.0 * binom.cdf(np.minimum(w, lo), np.maximum(n, 1), 0.5)), np.nan)
+    return float(p) if p.ndim == 0 else p
 
 
 def tie_half_score(outcomes: Sequence[float] | np.ndarray) -> float:
@@ -490,42 +501,60 @@ def quality_control(votes: pd.DataFrame, config: QCConfig | None = None) -> pd.D
     self_consistency, lr_n, left_share, position_p, position_p_holm, median_seconds, longest_run. Gold accuracy and
     self-consistency are flagged only with at least `min_checks` gold items / repeats.
     Self-consistency compares the winner (a model, 'tie' or 'both_bad', so independent of the side) of a swapped
-    repeat with the annotator's own vote on the original item and question.
+    repeat with the annotator's own vote on the original item and question. Position bias: exact two-sided binomial
+    test of left against right answers (the sign test), Holm-corrected over annotators.
     """
-    from scipy.stats import binomtest
-
     cfg = config or QCConfig()
+    cols = ["annotator", "flagged", "flags", "n_votes", "gold_n", "gold_accuracy", "repeat_n", "self_consistency",
+            "lr_n", "left_share", "position_p", "position_p_holm", "median_seconds", "longest_run"]
     if votes.empty:
-        return pd.DataFrame(columns=["annotator", "flagged", "flags", "n_votes", "gold_n", "gold_accuracy",
-                                     "repeat_n", "self_consistency", "lr_n", "left_share", "position_p",
-                                     "position_p_holm", "median_seconds", "longest_run"])
-    v = votes.copy()
-    if "created_at" in v:
-        v = v.sort_values(["annotator", "created_at"], kind="stable")
-    overall_median = float(np.nanmedian(v["seconds"].to_numpy(dtype=np.float64))) if "seconds" in v else np.nan
-    original = v[~v["is_repeat"].astype(bool)].set_index(["annotator", "item_id", "question"])["winner"]
-    original = original[~original.index.duplicated(keep="last")]
-    rows = []
-    for ann, d in v.groupby("annotator", sort=True):
-        gold = d[d["is_gold"].astype(bool) & d["gold_answer"].notna()]
-        gold_acc = float((gold["answer"] == gold["gold_answer"]).mean()) if len(gold) else np.nan
-        rep = d[d["is_repeat"].astype(bool) & d["repeat_of"].notna()]
-        same = []
-        for r in rep.itertuples(index=False):
-            key = (ann, r.repeat_of, r.question)
-            if key in original.index:
-                same.append(original.loc[key] == r.winner)
-        consistency = float(np.mean(same)) if same else np.nan
-        lr = d[d["answer"].isin(["left", "right"])]
-        n_left = int((lr["answer"] == "left").sum())
-        pos_p = float(binomtest(n_left, len(lr), 0.5).pvalue) if len(lr) else np.nan
-        rows.append({"annotator": ann, "n_votes": len(d), "gold_n": len(gold), "gold_accuracy": gold_acc,
-                     "repeat_n": len(same), "self_consistency": consistency, "lr_n": len(lr),
-                     "left_share": n_left / len(lr) if len(lr) else np.nan, "position_p": pos_p,
-                     "median_seconds": float(d["seconds"].median()) if "seconds" in d else np.nan,
-                     "longest_run": longest_run(d["answer"].tolist())})
-    out = pd.DataFrame(rows)
-    _, out["position_p_holm"] = holm(out["position_p"].to_numpy())
+        return pd.DataFrame(columns=cols)
+    v = votes.sort_values(["annotator", "created_at"] if "created_at" in votes else ["annotator"], kind="stable")
+    codes, names = pd.factorize(v["annotator"], sort=True)
+    k = len(names)
+    answer = v["answer"].to_numpy(dtype=object)
+    is_gold = v["is_gold"].to_numpy(dtype=bool) & v["gold_answer"].notna().to_numpy()
+    is_repeat = v["is_repeat"].to_numpy(dtype=bool)
+    seconds = v["seconds"].to_numpy(dtype=np.float64) if "seconds" in v else np.full(len(v), np.nan)
+
+    def per(weights: np.ndarray) -> np.ndarray:
+        return np.bincount(codes, weights=weights.astype(np.float64), minlength=k)
+
+    n_votes = per(np.ones(len(v)))
+    gold_n = per(is_gold)
+    gold_ok = per(is_gold & (answer == v["gold_answer"].to_numpy(dtype=object)))
+    # swapped repeats against the same annotator's vote on the original item and question
+    rep = v.loc[is_repeat & v["repeat_of"].notna().to_numpy(), ["annotator", "repeat_of", "question", "winner"]]
+    orig = v.loc[~is_repeat, ["annotator", "item_id", "question", "winner"]].drop_duplicates(
+        ["annotator", "item_id", "question"], keep="last")
+    pairs = rep.assign(item_id=rep["repeat_of"]).merge(
+        orig, on=["annotator", "item_id", "question"], suffixes=("", "_orig"))
+    rcodes = names.get_indexer(pairs["annotator"])
+    repeat_n = np.bincount(rcodes, minlength=k).astype(np.float64)
+    same = np.bincount(rcodes, weights=(pairs["winner"] == pairs["winner_orig"]).to_numpy(dtype=np.float64),
+                       minlength=k)
+    n_left = per(answer == "left")
+    n_right = per(answer == "right")
+    lr_n = n_left + n_right
+    position_p = np.array([sign_test(int(a), int(b)) for a, b in zip(n_left, n_right)])
+    _, position_holm = holm(position_p)
+    medians = pd.Series(seconds).groupby(codes).median().reindex(range(k)).to_numpy(dtype=np.float64)
+    overall_median = float(np.nanmedian(seconds)) if np.isfinite(seconds).any() else float("nan")
+    # longest run of identical answers: a new run starts where the annotator or the answer changes
+    starts = np.ones(len(v), dtype=bool)
+    starts[1:] = (codes[1:] != codes[:-1]) | (answer[1:] != answer[:-1])
+    run_id = np.cumsum(starts) - 1
+    run_len = np.bincount(run_id)
+    longest = np.zeros(k, dtype=np.int64)
+    np.maximum.at(longest, codes[starts], run_len)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = pd.DataFrame({"annotator": list(names), "n_votes": n_votes.astype(int), "gold_n": gold_n.astype(int),
+                            "gold_accuracy": np.where(gold_n > 0, gold_ok / gold_n, np.nan),
+                            "repeat_n": repeat_n.astype(int),
+                            "self_consistency": np.where(repeat_n > 0, same / repeat_n, np.nan),
+                            "lr_n": lr_n.astype(int), "left_share": np.where(lr_n > 0, n_left / lr_n, np.nan),
+                            "position_p": position_p, "position_p_holm": position_holm, "median_seconds": medians,
+                            "longest_run": longest})
     flags = []
     for r in out.itertuples(index=False):
         f = []
@@ -543,8 +572,6 @@ def quality_control(votes: pd.DataFrame, config: QCConfig | None = None) -> pd.D
         flags.append("; ".join(f))
     out["flags"] = flags
     out["flagged"] = out["flags"] != ""
-    cols = ["annotator", "flagged", "flags", "n_votes", "gold_n", "gold_accuracy", "repeat_n", "self_consistency",
-            "lr_n", "left_share", "position_p", "position_p_holm", "median_seconds", "longest_run"]
     return out[cols]
 
 

@@ -310,3 +310,31 @@ def test_quality_control_flags_exactly_the_planted_problems():
     assert qc.loc["good1", "gold_accuracy"] == 1.0 and qc.loc["good1", "self_consistency"] == 1.0
     assert qc.loc["flipper", "self_consistency"] == 0.0
     assert stats.longest_run("aabbbba") == 4 and stats.longest_run([]) == 0
+
+
+def test_sign_test_on_arrays_equals_scalars():
+    w = np.array([0, 5, 12, 60, 0])
+    lo = np.array([1, 5, 3, 40, 0])
+    out = stats.sign_test(w, lo)
+    assert isinstance(out, np.ndarray) and np.isnan(out[-1])
+    np.testing.assert_allclose(out[:-1], [stats.sign_test(int(a), int(b)) for a, b in zip(w[:-1], lo[:-1])])
+
+
+def test_stratified_weights_keep_strata_sizes_and_match_plain_draw():
+    strata = np.array(["a"] * 5 + ["b"] * 3 + ["c"])
+    w = stats.stratified_resample_weights(strata, 400, seed=2)
+    for s in "abc":
+        assert np.all(w[:, strata == s].sum(axis=1) == (strata == s).sum())
+    assert w[:, strata == "c"].min() == 1  # a single-prompt stratum is always drawn once
+    # one stratum: the same draws as the plain prompt bootstrap, so tie_half_ci and ratio_bootstrap_ci agree
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(30), 4)
+    out = rng.choice([0.0, 0.5, 1.0], size=120)
+    sums = np.bincount(groups, weights=out)[:, None]
+    counts = np.bincount(groups).astype(float)[:, None]
+    lo, hi = stats.ratio_bootstrap_ci(stats.group_resample_weights(30, 500, 9), sums, counts)
+    assert (lo[0], hi[0]) == pytest.approx(stats.tie_half_ci(out, groups, n_resamples=500, seed=9))
+    # the same ratio computed one resample at a time
+    wts = stats.group_resample_weights(30, 500, 9)
+    ratios = [(row @ sums[:, 0]) / (row @ counts[:, 0]) for row in wts]
+    assert (lo[0], hi[0]) == pytest.approx(tuple(np.quantile(ratios, [0.025, 0.975])))

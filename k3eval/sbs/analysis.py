@@ -57,6 +57,11 @@ def check_votes_frame(votes: pd.DataFrame) -> pd.DataFrame:
     if "seconds" not in v:
         v["seconds"] = np.nan
     v["category"] = v["category"].fillna("(none)").astype(str)
+    # plain object columns: iterating Arrow-backed strings (pandas' default) element by element is slow
+    for col in ("prompt_id", "category", "model_a", "model_b", "question", "answer", "winner", "annotator",
+                "left_model", "right_model"):
+        if col in v:
+            v[col] = v[col].astype(object)
     return v
 
 
@@ -80,7 +85,7 @@ def regular_votes(votes: pd.DataFrame) -> pd.DataFrame:
     label, score = outcome_for_a(v) if len(v) else (np.array([], dtype=object), np.array([]))
     v["result"] = label
     v["score"] = score
-    v["comparison"] = v["model_a"].astype(str) + " vs " + v["model_b"].astype(str)
+    v["comparison"] = (v["model_a"].astype(str) + " vs " + v["model_b"].astype(str)).astype(object)
     return v
 
 
@@ -129,10 +134,11 @@ def preference_table(v: pd.DataFrame, weights: np.ndarray, prompt_index: dict[st
                      "category": key[4], "n": n, "n_prompts": len(set(prompt_ids[idx])),
                      **n_res, **{f"{r}_share": n_res[r] / n for r in RESULTS},
                      "win_rate": w / (w + lo_) if w + lo_ else np.nan, "win_rate_lo": wr_lo, "win_rate_hi": wr_hi,
-                     "score": float(score[idx].mean()), "sign_p": stats.sign_test(w, lo_)})
+                     "score": float(score[idx].mean())})
     df = pd.DataFrame(rows)
     if df.empty:
         return df
+    df["sign_p"] = stats.sign_test(df["win"].to_numpy(), df["loss"].to_numpy())
     df["score_lo"], df["score_hi"] = stats.ratio_bootstrap_ci(weights, sums, counts, level)
     df["p_holm"] = np.nan
     df["p_bh"] = np.nan
@@ -176,18 +182,16 @@ def bradley_terry_table(v: pd.DataFrame, n_resamples: int, seed: int, level: flo
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
 
 
-_ORDINAL = {"win": 2.0, "equal": 1.0, "both_bad": 1.0, "loss": 0.0}
-
-
 def _agreement_row(d: pd.DataFrame) -> dict[str, Any]:
-    ratings = d.assign(value=d["result"].map(_ORDINAL))
+    result = d["result"].to_numpy(dtype=object)
+    ratings = d.assign(value=np.select([result == "win", result == "loss"], [2.0, 0.0], default=1.0))
     matrix, _, _ = stats.ratings_matrix(ratings, item="item_id", rater="annotator", value="value")
     per_item = (~np.isnan(matrix)).sum(axis=0)
     pairable = int((per_item >= 2).sum())
     # Raw agreement and Fleiss' kappa use the four answers as given (nominal, from model_a's side); alpha uses the
     # ordinal scale b better < equal (or both bad) < a better, so 'equal' vs 'a better' is a smaller disagreement
     # than 'b better' vs 'a better'.
-    nominal = d.assign(value=d["result"].map({r: float(k) for k, r in enumerate(RESULTS)}))
+    nominal = d.assign(value=np.select([result == r for r in RESULTS], [float(k) for k in range(len(RESULTS))]))
     nom_matrix, _, _ = stats.ratings_matrix(nominal, item="item_id", rater="annotator", value="value")
     row: dict[str, Any] = {"n_items": pairable, "n_ratings": int(per_item[per_item >= 2].sum()),
                            "raw_agreement": stats.raw_agreement(nom_matrix),

@@ -78,7 +78,7 @@ header[data-testid="stHeader"] { height: 0; }
 .st-key-left_image [data-testid="stImage"], .st-key-right_image [data-testid="stImage"] { width: 100% !important; }
 .st-key-left_image [data-testid="stImageContainer"], .st-key-right_image [data-testid="stImageContainer"] {
   display: flex; justify-content: center; width: 100%; }
-.st-key-left_image img, .st-key-right_image img { max-height: 60vh; width: auto !important; max-width: 100%;
+.st-key-left_image img, .st-key-right_image img { max-height: 58vh; width: auto !important; max-width: 100%;
   object-fit: contain; }
 </style>
 """
@@ -315,9 +315,12 @@ def voting_page(who) -> None:
     st.session_state.setdefault("shown", {}).setdefault(view.item_id, time.monotonic())
     if mode == "edit":
         with st.container(key="editing"):
-            st.info(f"You are changing your answers for pair {view.position} of {view.total}. Click an answer to "
-                    "replace it, then Continue.")
-            st.button("Continue", key="continue", type="primary", shortcut=CONTINUE_KEY, on_click=on_continue)
+            # One row, so that the pair and its buttons still fit the screen below it.
+            note, go = st.columns([6, 1.2], vertical_alignment="center")
+            note.info(f"You are changing your answers for pair {view.position} of {view.total}. Click an answer "
+                      "to replace it, then Continue.")
+            go.button("Continue", key="continue", type="primary", shortcut=CONTINUE_KEY, on_click=on_continue,
+                      width="stretch")
     else:
         st.session_state.current_item = view.item_id
     with st.container(key="prompt"):

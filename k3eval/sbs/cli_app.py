@@ -50,7 +50,9 @@ def streamlit_command(app: Path, port: int, address: str | None) -> list[str]:
            "--browser.gatherUsageStats", "false",
            "--client.toolbarMode", "minimal",
            "--client.showErrorDetails", "none",
-           "--global.developmentMode", "false"]
+           "--global.developmentMode", "false",
+           # A chosen answer is drawn in the primary colour: blue reads as "selected", Streamlit's red as an error.
+           "--theme.primaryColor", "#1f6feb"]
     if address:
         cmd += ["--server.address", address]
     return cmd

@@ -1,8 +1,8 @@
 """Reading images and the resize protocols that feed the Inception network.
 
 Protocols (the name is recorded with every number):
-- `clean`: each channel resized to 299x299 as a float32 PIL image with bicubic filtering, no re-quantisation
-  (clean-fid's "clean" mode). The default.
+- `clean`: each channel resized to 299x299 as a float32 PIL image with bicubic filtering, clipped to [0, 255], no
+  re-quantisation (clean-fid's "clean" mode). The default.
 - `tf`: the uint8 image converted to float32 and resized with TensorFlow 1.x's bilinear rule (align_corners=False,
   no half-pixel offset, no antialias), what torch-fidelity, pytorch-fid and torchmetrics with `antialias=False` do.
 
@@ -94,12 +94,13 @@ def resize_tf1_bilinear(x: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor
 
 
 def resize_clean(image: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
-    """clean-fid's resize: each channel as a float32 PIL image, bicubic, back to float32 (3 x size x size)."""
+    """clean-fid's resize: each channel as a float32 PIL image, bicubic, clipped to [0, 255] (bicubic overshoots),
+    float32 3 x size x size."""
     from PIL import Image
 
     chans = [np.asarray(Image.fromarray(image[:, :, c].astype(np.float32), mode="F").resize(
         (size, size), resample=Image.BICUBIC), dtype=np.float32) for c in range(3)]
-    return np.stack(chans, 0)
+    return np.clip(np.stack(chans, 0), 0.0, 255.0)
 
 
 def inception_input(image: np.ndarray, protocol: str) -> torch.Tensor:

@@ -9,7 +9,7 @@ duplicates (must be 0), items over K votes per question (must be 0), throughput,
 (one `INSERT ... ON CONFLICT DO NOTHING` per transaction, same durability settings), so the ratio shows what the
 rules (token check, assignment check, idempotency, progress) cost.
 
-    .venv/bin/python benchmarks/perf/vote_store.py                      # 50 x 200, SQLite and PostgreSQL
+    .venv/bin/python benchmarks/perf/vote_store.py      # 50 x 200; SQLite (NORMAL and FULL) and PostgreSQL
     .venv/bin/python benchmarks/perf/vote_store.py --annotators 10 --votes 20 --backends sqlite --out /tmp/x.json
 
 Writes benchmarks/perf/results/vote_store.json (figures, hardware, versions, date); vote_store.md explains them.
@@ -141,7 +141,7 @@ def run_backend(url: str, runs: dict, n_annotators: int, mode: str, think_ms: fl
     }
 
 
-def raw_baseline(url: str, n_threads: int, per_thread: int) -> dict:
+def raw_baseline(url: str, n_threads: int, per_thread: int, sync: str = "NORMAL") -> dict:
     """The reference: the bare driver, one idempotent INSERT per transaction, same threads and durability."""
     lat: list[float] = []
     lock = threading.Lock()
@@ -157,7 +157,7 @@ def raw_baseline(url: str, n_threads: int, per_thread: int) -> dict:
 
         def conn():
             c = sqlite3.connect(path, isolation_level=None, timeout=5, check_same_thread=False)
-            c.execute("PRAGMA synchronous=FULL")
+            c.execute(f"PRAGMA synchronous={sync}")
             return c
 
         def one(c, a, i):
@@ -213,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--think-ms", default="0,1000",
                     help="comma-separated mean pauses before each answer (ms); 0 = saturated, every annotator "
                     "votes back to back (default 0,1000)")
+    ap.add_argument("--sqlite-sync", default="NORMAL,FULL",
+                    help="SQLite synchronous settings to measure (K3EVAL_SQLITE_SYNC; default NORMAL,FULL)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "perf" / "results" / "vote_store.json"))
     args = ap.parse_args(argv)
 
@@ -232,11 +234,19 @@ def main(argv: list[str] | None = None) -> int:
 
     out["packages"]["sqlite"] = sqlite3.sqlite_version
     server = None
+    import k3eval.sbs as sbs
+
     try:
-        for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-            if backend == "sqlite":
-                url = f"sqlite:///{tmp / 'votes.db'}"
-                base_url = f"sqlite:///{tmp / 'raw.db'}"
+        wanted = []
+        for b in [b.strip() for b in args.backends.split(",") if b.strip()]:
+            wanted += [f"sqlite_{m.strip().lower()}" for m in args.sqlite_sync.split(",")] if b == "sqlite" else [b]
+        for backend in wanted:
+            sync = "NORMAL"
+            if backend.startswith("sqlite_"):
+                sync = backend.split("_", 1)[1].upper()
+                os.environ["K3EVAL_SQLITE_SYNC"] = sync
+                url = f"sqlite:///{tmp / f'votes-{sync}.db'}"
+                base_url = f"sqlite:///{tmp / f'raw-{sync}.db'}"
             elif backend == "postgresql":
                 server = PostgresServer()
                 server.start()
@@ -248,20 +258,19 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 raise SystemExit(f"--backends: unknown backend {backend!r}; expected sqlite, postgresql")
             print(f"[{backend}] raw-driver reference ...", flush=True)
-            ref = raw_baseline(base_url, args.annotators, args.votes)
+            ref = raw_baseline(base_url, args.annotators, args.votes, sync)
             out["backends"][backend] = {"reference_raw_driver_saturated": ref}
             for think in [float(x) for x in args.think_ms.split(",")]:
                 print(f"[{backend}] {args.annotators} annotators x {args.votes} votes ({args.mode}, think "
                       f"{think:.0f} ms) ...", flush=True)
                 res = run_backend(url, runs, args.annotators, args.mode, think)
+                sbs.dispose_engines()
                 if think == 0:
                     res["ratio_p50_vs_raw"] = round(res["vote_ms"]["p50"] / ref["vote_ms"]["p50"], 2)
                     res["ratio_throughput_vs_raw"] = round(res["votes_per_s"] / ref["votes_per_s"], 3)
                 out["backends"][backend][f"think_{think:.0f}ms"] = res
                 print(json.dumps(res, indent=1), flush=True)
     finally:
-        import k3eval.sbs as sbs
-
         sbs.dispose_engines()
         if server is not None:
             server.stop()
@@ -275,5 +284,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import signal
+
+    # a SIGTERM (e.g. from `timeout`) unwinds through `finally`, so the PostgreSQL server is stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.environ.setdefault("K3EVAL_CACHE", tempfile.mkdtemp(prefix="k3eval-cache-"))
     raise SystemExit(main())

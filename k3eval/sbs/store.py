@@ -1,7 +1,8 @@
 """The vote store: SQLAlchemy 2 models and engine set-up for SQLite (default) and PostgreSQL.
 
-SQLite: WAL journal (readers never block the writer), `synchronous=FULL` (a vote acknowledged by a commit is on
-disk, so it survives a kill -9 and a power cut), a 5 s busy timeout, and `BEGIN IMMEDIATE` for write transactions so
+SQLite: WAL journal (readers never block the writer), `synchronous=NORMAL` (a committed vote survives a crash or
+kill -9 of any process; `K3EVAL_SQLITE_SYNC=FULL` adds an fsync per commit so it survives a power cut too), a 5 s
+busy timeout, and `BEGIN IMMEDIATE` for write transactions so
 two writers never deadlock upgrading a read lock. PostgreSQL: `postgresql://...` URLs use psycopg 3.
 
 The database holds a schema version (table `k3eval_meta`); opening a database of another version is refused with a
@@ -293,11 +294,22 @@ def dispose_engines() -> None:
         _CHECKED.clear()
 
 
+def sqlite_synchronous() -> str:
+    """$K3EVAL_SQLITE_SYNC: NORMAL (default) or FULL. In WAL mode both keep every committed vote through a crash or
+    kill -9 of the process (the WAL is in the OS cache); FULL also fsyncs each commit, so votes survive a power cut
+    or an OS crash too, at the price of one disk flush per vote (slow tails on shared or network disks)."""
+    value = os.environ.get("K3EVAL_SQLITE_SYNC", "NORMAL").strip().upper()
+    if value not in ("NORMAL", "FULL"):
+        raise UserError(f"K3EVAL_SQLITE_SYNC: expected NORMAL or FULL, got {value!r}")
+    return value
+
+
 def _make_engine(url: str) -> Engine:
     if make_url(url).get_backend_name() == "sqlite":
         path = _sqlite_path(url)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+        sync = sqlite_synchronous()
         kwargs = {}
         if path is not None:
             import sqlite3
@@ -321,7 +333,7 @@ def _make_engine(url: str) -> Engine:
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute(f"PRAGMA synchronous={sync}")
             cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()

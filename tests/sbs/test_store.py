@@ -326,3 +326,20 @@ def test_fifo_writer_lock_serves_waiters_in_arrival_order():
     assert order == [0, 1, 2, 3, 4]
     lock.acquire()  # free again once everyone is done
     lock.release()
+
+
+@pytest.mark.parametrize("setting, pragma", [(None, 1), ("full", 2)])
+def test_sqlite_synchronous_setting(two_runs, tmp_path, monkeypatch, setting, pragma):
+    if setting is None:
+        monkeypatch.delenv("K3EVAL_SQLITE_SYNC", raising=False)
+    else:
+        monkeypatch.setenv("K3EVAL_SQLITE_SYNC", setting)
+    url = f"sqlite:///{tmp_path / 'votes.db'}"
+    sbs.create_study("demo", two_runs, 1, overlap=1, db_url=url)
+    with store.get_engine(url).connect() as c:
+        assert c.exec_driver_sql("PRAGMA synchronous").scalar() == pragma  # 1 = NORMAL, 2 = FULL
+        assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    sbs.dispose_engines()
+    monkeypatch.setenv("K3EVAL_SQLITE_SYNC", "sometimes")
+    with pytest.raises(UserError, match="K3EVAL_SQLITE_SYNC: expected NORMAL or FULL, got 'SOMETIMES'"):
+        sbs.progress(sbs.Annotator(1, "x", "demo", 1, url))

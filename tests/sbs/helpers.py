@@ -76,7 +76,10 @@ class PostgresServer:
             if not (PG_BIN / tool).exists():
                 raise RuntimeError(f"{PG_BIN / tool} not found (install Debian's postgresql package)")
         if self.as_user:
-            shutil.chown(self.root, self.as_user)
+            try:
+                shutil.chown(self.root, self.as_user)
+            except LookupError:
+                raise RuntimeError("running as root, and there is no 'postgres' user to run the server as") from None
         r = self._run(str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "k3eval", "--auth=trust", "-E", "UTF8",
                       "--no-sync", "--no-instructions")
         if r.returncode != 0:

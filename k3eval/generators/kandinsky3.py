@@ -219,8 +219,6 @@ class Kandinsky3ReleasedGenerator(Generator):
         self._place(["unet", "movq"])
 
     def _load_unet(self) -> None:
-        import torch
-
         from k3eval.generators import kandinsky3_convert as conv
 
         dtype = self.component_dtype("unet")
@@ -241,11 +239,28 @@ class Kandinsky3ReleasedGenerator(Generator):
         if null.numel() != unet.config.cross_attention_dim:
             raise UserError(f"U-Net checkpoint {path}: null_embedding has {null.numel()} values, expected "
                             f"{unet.config.cross_attention_dim} (the context size)")
+        self._adopt_unet(unet, null)
+
+    def _adopt_unet(self, unet, null_embedding) -> None:
+        import torch
+
+        dtype = self.component_dtype("unet")
         # the projection runs outside the U-Net (see the module docstring)
         self.projection = unet.encoder_hid_proj.to(device=self.device, dtype=dtype).eval()
         unet.encoder_hid_proj = torch.nn.Identity()
         self.unet = unet.eval()
-        self.null_embedding = null.to(device=self.device, dtype=dtype)
+        self.null_embedding = null_embedding.reshape(-1).to(device=self.device, dtype=dtype)
+
+    def use_components(self, unet, null_embedding, movq, tokenizer, text_encoder=None,
+                       cache: PromptEmbeddingCache | None = None) -> None:
+        """Run on components built elsewhere (the speed benchmark's seeded random full-size networks) instead of
+        loading weights: `unet` is a diffusers Kandinsky3UNet with its projection inside, as converted."""
+        self._adopt_unet(unet, null_embedding)
+        self.movq, self.tokenizer, self.text_encoder = movq.eval(), tokenizer, text_encoder
+        self.cache = cache or PromptEmbeddingCache(None, "in-memory")
+        self._place(["unet", "movq"] + (["text_encoder"] if text_encoder is not None else []))
+        self._sources["unet"] = {"format": "components given in memory"}
+        self._loaded = True
 
     def _load_movq(self) -> None:
         from diffusers import VQModel

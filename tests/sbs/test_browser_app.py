@@ -1,6 +1,6 @@
 """A real browser (Playwright + Debian's Chromium) against `k3eval sbs serve`: two annotators go through a small study,
-one with the keyboard only and one with the mouse only, with a refresh and a closed tab mid-way and one changed
-answer; then the admin page and its CSV export; then the database is checked vote by vote.
+one with the keyboard only and one with the mouse only, with a refresh, a closed tab and a server restart mid-way
+and one changed answer; then the admin page and its CSV export; then the database is checked vote by vote.
 
 Screenshots for a person to look at: tests/artifacts/sbs_guideline.png, sbs_voting.png, sbs_admin.png.
 Without Chromium the test is skipped, with CI=true it fails.
@@ -63,6 +63,8 @@ def served(tmp_path):
     yield created, server, runs
     server.stop()
     dispose_engines()
+    # Shown by pytest only when the test failed: what the server said.
+    print((tmp_path / "serve.log").read_text(errors="replace")[-4000:])
 
 
 def n_items(created, who: str) -> int:
@@ -165,6 +167,13 @@ def test_two_annotators_keyboard_and_mouse_end_to_end(browser, served, tmp_path)
             page = ctx.new_page()
             page.goto(f"{server.base}/?token={created.tokens['mouse']}")
             wait_app(page)
+        if pos == 4:
+            server.stop()  # a server restart: nothing of the session survives, the database does
+            server.start()
+            page.goto(f"{server.base}/?token={created.tokens['mouse']}")
+            wait_app(page)
+            wait_pair(page, 4, m)
+            assert page.inner_text(".st-key-progress").strip().endswith(f"3 / {m} done")
         align, quality = answers[pos % 4], answers[(pos + 2) % 4]
         expected[("mouse", pos, "alignment")] = align
         expected[("mouse", pos, "quality")] = quality

@@ -139,11 +139,11 @@ def launch(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
 
 
-def wait_app(page, timeout_ms: int = 30_000) -> None:
+def wait_app(page, timeout_ms: int = 60_000) -> None:
     page.wait_for_selector("[data-testid='stAppViewContainer']", timeout=timeout_ms)
 
 
-def wait_pair(page, position: int, total: int, timeout_ms: int = 20_000) -> None:
+def wait_pair(page, position: int, total: int, timeout_ms: int = 45_000) -> None:
     """Wait until pair `position` is on the page with both images decoded."""
     page.wait_for_function(
         """([want]) => {

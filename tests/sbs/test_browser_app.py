@@ -108,6 +108,7 @@ def test_two_annotators_keyboard_and_mouse_end_to_end(browser, served, tmp_path)
     # ---- annotator "keys": link with the token, keyboard only, a refresh mid-way, one changed answer ------------
     n = n_items(created, "keys")
     ctx = browser.new_context(viewport={"width": 1440, "height": 900})
+    ctx.set_default_timeout(45_000)  # shared 2-core machine: reruns can be slow under load
     page = ctx.new_page()
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     page.goto(created.links["keys"].replace("http://localhost:8501", server.base))
@@ -152,6 +153,7 @@ def test_two_annotators_keyboard_and_mouse_end_to_end(browser, served, tmp_path)
     # ---- annotator "mouse": types the token, clicks only, closes the tab mid-way --------------------------------
     m = n_items(created, "mouse")
     ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+    ctx.set_default_timeout(45_000)  # shared 2-core machine: reruns can be slow under load
     page = ctx.new_page()
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     page.goto(server.base + "/")
@@ -183,6 +185,7 @@ def test_two_annotators_keyboard_and_mouse_end_to_end(browser, served, tmp_path)
 
     # ---- admin: dashboard, screenshot, CSV export ---------------------------------------------------------------
     ctx = browser.new_context(viewport={"width": 1440, "height": 900}, accept_downloads=True)
+    ctx.set_default_timeout(45_000)  # shared 2-core machine: reruns can be slow under load
     page = ctx.new_page()
     page.goto(f"{server.base}/?token={created.admin_token}")
     wait_app(page)

@@ -245,7 +245,8 @@ def _fingerprint(protocol: dict[str, Any] | None) -> str:
     if not protocol:
         return "–"
     digest = hashlib.sha256(json.dumps(protocol, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    keys = [f"{k}={protocol[k]}" for k in ("extractor", "resize", "dtype", "n") if k in protocol]
+    keys = [f"{k}={protocol[k]}" for k in ("extractor", "model", "pretrained", "resize", "dtype", "n")
+            if k in protocol]
     return f"{digest} ({', '.join(keys)})" if keys else digest
 
 
@@ -297,9 +298,15 @@ def section_metrics(runs: list[RunData], figures: list[Figure], limits: list[str
             s.note(f"{display}: the runs were scored with different protocols (fingerprints differ), so their values "
                    "are not directly comparable.")
             limits.append(f"{display} was computed with different protocols across runs.")
-        for w in df.loc[df["warnings"] != "–", ["run", "warnings"]].itertuples(index=False):
-            s.note(f"{display}, {w.run}: {w.warnings}")
-            limits.append(f"{display}, {w.run}: {w.warnings}")
+        # one note per distinct warning, naming the runs it applies to (a warning often holds for every run)
+        by_warning: dict[str, list[str]] = {}
+        for r in scored:
+            for w in (r.scores["metrics"].get(metric) or {}).get("warnings") or []:
+                by_warning.setdefault(w, []).append(r.name)
+        for w, names_w in by_warning.items():
+            who = "all runs" if len(names_w) == len(rows) else ", ".join(names_w)
+            s.note(f"{display} ({who}): {w}")
+            limits.append(f"{display} ({who}): {w}")
         if df["value"].notna().any():
             f = Figure(f"metric_{metric}", f"{display} per run",
                        fig.metric_bars(df, display, unit, meta.get("higher_is_better", True)))

@@ -196,7 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--small", action="store_true", help="reduced sizes for a CPU run")
     ap.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     ap.add_argument("--out", type=Path, default=RESULTS / "kandinsky3_speed.json")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (1 avoids OpenMP spin-waits on cores shared with other processes)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from k3eval.generators.base import torch_dtype
     from k3eval.utils import atomic_write_json, hardware_info, now_iso, package_versions
@@ -233,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                         "flash_speedup": e2e["flash_speedup"] >= 20.0,
                         "unet_fraction": b2["tflops"] / mm >= 0.40}},
         "hardware": hw, "packages": package_versions(),
-        "command": "python benchmarks/perf/kandinsky3_speed.py" + (" --small" if args.small else ""),
+        "command": "python benchmarks/perf/kandinsky3_speed.py" + (" --small" if args.small else "")
+        + (f" --threads {args.threads}" if args.threads else ""),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, res)

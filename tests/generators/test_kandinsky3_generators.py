@@ -177,3 +177,18 @@ def test_kandinsky3_diffusers_on_tiny_components(tmp_path):
     np.testing.assert_allclose(outs[1].image, g.generate([reqs[1]])[0].image, atol=5e-4)
     rounded = _gen("kandinsky3-diffusers", height=1000)
     assert rounded.params["height"] == 1024 and "rounded up to 1024" in rounded.warnings[0]
+
+
+def test_k3eval_generate_command_with_beautify(tmp_path, capsys):
+    from k3eval.cli import main
+
+    out = tmp_path / "cli"
+    rc = main(["generate", "tiny-kandinsky3-flash", "--prompts", "parti", "--limit", "1", "--out", str(out),
+               "--beautify", "tiny-lm", "--set", "embedding_cache=none", "--quiet"])
+    assert rc == 0 and "1 generated" in capsys.readouterr().out
+    df = RunFolder(out).read_manifest()
+    assert df["status"].tolist() == ["ok"] and df["beautified_prompt"].notna().all()
+    assert df["unet_evals"].tolist() == [4]
+    rc = main(["generate", "tiny-kandinsky3-released", "--prompts", "parti", "--limit", "1", "--out",
+               str(tmp_path / "bad"), "--set", "offload=disk"])
+    assert rc == 2 and "parameter 'offload'" in capsys.readouterr().err

@@ -323,15 +323,13 @@ def section_metrics(runs: list[RunData], figures: list[Figure], limits: list[str
     return s
 
 
-FLASH_WORDS = ("flash", "3.1", "3_1", "31")
-
-
 def _family(r: RunData) -> str | None:
-    """'flash' or 'k3' for Kandinsky runs (by generator name), else None."""
+    """'flash' (Kandinsky 3.1 Flash) or 'k3' (Kandinsky 3.0, any implementation) from the generator name, else None.
+    Catalog names: kandinsky3, kandinsky3-flash, kandinsky3-diffusers and their tiny-* test versions."""
     name = str((r.info.get("generator") or {}).get("name", r.name)).lower()
-    if "kandinsky" not in name and "k3" not in name:
+    if "kandinsky3" not in name.replace("-", "").replace("_", ""):
         return None
-    return "flash" if any(w in name for w in FLASH_WORDS) else "k3"
+    return "flash" if "flash" in name else "k3"
 
 
 def section_speed(runs: list[RunData], figures: list[Figure]) -> Section:

@@ -76,6 +76,8 @@ def run_stage(ctx) -> None:
             study = name
         except StoreError as e:
             print(f"[report] study {name!r} not readable ({e}); the report has no human preference section")
+    if study is None and sim is not None:
+        print("[report] simulate: asked for, but there is no study to answer (no study: section or study missing)")
     if study is not None and sim is not None:
         from k3eval.sbs.simulate import simulate_study
 

@@ -118,7 +118,8 @@ def resolve_inception_weights(spec: str | None) -> WeightsInfo:
             p = _download(INCEPTION_URL, hub / INCEPTION_FILES[0])
     digest = sha256_file(p)
     standard = digest in OFFICIAL_INCEPTION_SHA256
-    return WeightsInfo(p, digest, standard, False)
+    # A copy of the synthetic file given by path is still synthetic: recognised by the name it was built under.
+    return WeightsInfo(p, digest, standard, p.name.startswith("synthetic-inception-"))
 
 
 def _download(url: str, dst: Path) -> Path:

@@ -35,7 +35,8 @@ def cmd_stats(args) -> int:
     if args.exclude_flagged:
         print(f"(votes of flagged annotators left out: {', '.join(result.summary['flagged_annotators']) or 'none'})")
     if args.out:
-        paths = write_stats(result, Path(args.out))
+        # a distinct suffix, so both variants can live in one folder (the report shows both)
+        paths = write_stats(result, Path(args.out), suffix="_excluding_flagged" if args.exclude_flagged else "")
         print(f"wrote {len(paths)} files to {args.out}")
     return 0
 
@@ -60,7 +61,8 @@ def register(sbs_subparsers) -> None:
     p.add_argument("name", help="study name")
     p.add_argument("--exclude-flagged", action="store_true",
                    help="recompute everything without the annotators flagged by quality control")
-    p.add_argument("--out", default=None, help="folder for the tables (CSV) and summary.json")
+    p.add_argument("--out", default=None, help="folder for the tables (CSV) and summary.json (names end in "
+                   "_excluding_flagged with --exclude-flagged)")
     p.add_argument("--resamples", type=_positive, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of every bootstrap (default 0)")
     p.add_argument("--db", default=None, help="vote database URL (default: $K3EVAL_DB or sqlite:///k3eval.db)")

@@ -97,5 +97,7 @@ def test_cli_simulate_then_stats(two_runs, sqlite_url, tmp_path, capsys):
     assert "model-alpha vs model-beta" in printed
     pref = pd.read_csv(out_dir / "preference.csv")
     assert set(pref["question"]) == {"alignment", "quality"} and (pref["category"] == "all").sum() == 2
-    assert main(["sbs", "stats", "cli", "--db", sqlite_url, "--exclude-flagged", "--resamples", "50"]) == 0
+    assert main(["sbs", "stats", "cli", "--db", sqlite_url, "--exclude-flagged", "--resamples", "50", "--out",
+                 str(out_dir)]) == 0
+    assert (out_dir / "preference_excluding_flagged.csv").exists() and (out_dir / "preference.csv").exists()
     assert main(["sbs", "simulate", "nope", "--db", sqlite_url]) == 2

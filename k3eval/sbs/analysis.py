@@ -295,8 +295,8 @@ def analyze_votes(votes: pd.DataFrame, metric_scores: pd.DataFrame | None = None
     prompt_index = {p: k for k, p in enumerate(prompts["prompt_id"])}
     weights = stats.stratified_resample_weights(prompts["category"].to_numpy(), n_resamples, seed)
     pref = preference_table(v, weights, prompt_index, level, alpha)
-    bt = bradley_terry_table(v, n_resamples, seed, level) if len(v) else bradley_terry_table(v, 0, seed, level)
-    agree = agreement_table(v) if len(v) else agreement_table(v)
+    bt = bradley_terry_table(v, n_resamples, seed, level)
+    agree = agreement_table(v)
     metric = metric_agreement_table(v, metric_scores, level=level)
     models = list(dict.fromkeys([*v_all["model_a"], *v_all["model_b"]]))
     summary = {

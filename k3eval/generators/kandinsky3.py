@@ -669,6 +669,11 @@ class Kandinsky3DiffusersGenerator(DiffusersPipelineGenerator):
         if self.params["offload"] not in OFFLOAD_MODES:
             raise UserError(f"parameter 'offload' of '{name}': got {self.params['offload']!r}; use one of "
                             f"{', '.join(OFFLOAD_MODES)}")
+        if self.params["offload"] != "none" and not device.startswith("cuda"):
+            # diffusers' offload moves weights between the CPU and an accelerator; on the CPU its sequential mode
+            # fails inside accelerate, and neither would save anything
+            raise UserError(f"parameter 'offload' of '{name}': offload={self.params['offload']} needs a CUDA device, "
+                            f"got --device {device}")
         round_size("height", name, self.params, self.warnings)
         round_size("width", name, self.params, self.warnings)
 

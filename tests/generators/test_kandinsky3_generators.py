@@ -177,6 +177,8 @@ def test_kandinsky3_diffusers_on_tiny_components(tmp_path):
     np.testing.assert_allclose(outs[1].image, g.generate([reqs[1]])[0].image, atol=5e-4)
     rounded = _gen("kandinsky3-diffusers", height=1000)
     assert rounded.params["height"] == 1024 and "rounded up to 1024" in rounded.warnings[0]
+    with pytest.raises(UserError, match="offload=model needs a CUDA device, got --device cpu"):
+        _gen("kandinsky3-diffusers", offload="model")
 
 
 def test_k3eval_generate_command_with_beautify(tmp_path, capsys):

@@ -484,6 +484,11 @@ class Kandinsky3ReleasedGenerator(Generator):
         return image.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
 
     # ---- what the run records -----------------------------------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        """Offload and the embedding cache do not change images, so a resume may change them."""
+        params = {k: v for k, v in self.params.items() if k not in ("offload", "embedding_cache")}
+        return {"generator": self.name, "params": params}
+
     def weights_info(self) -> dict[str, Any]:
         p = self.params
         info: dict[str, Any] = {

@@ -11,11 +11,12 @@ Nothing on an annotator's page names a model or a file: images are re-encoded an
 
 from __future__ import annotations
 
-import io
 import os
 import re
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,6 +28,7 @@ from k3eval.sbs import (
     StoreUnavailable,
     admin_overview,
     authenticate,
+    export_votes,
     image_bytes,
     item_view,
     mark_guideline_seen,
@@ -35,7 +37,6 @@ from k3eval.sbs import (
     progress,
     queue,
     record_vote,
-    votes_frame,
 )
 from k3eval.sbs.images import DEFAULT_MAX_SIDE, DisplayCache
 
@@ -359,12 +360,10 @@ def annotator_page(who) -> None:
 
 # ---- admin page ---------------------------------------------------------------------------------------------------
 def export_data(admin: Admin, fmt: str) -> bytes:
-    df = votes_frame(admin)
-    if fmt == "parquet":
-        buf = io.BytesIO()
-        df.to_parquet(buf, index=False)
-        return buf.getvalue()
-    return df.to_csv(index=False).encode("utf-8")
+    """The votes frame as csv or parquet bytes, through `export_votes`, which writes the export to the audit log
+    (the file goes to a private temporary folder and is removed once read)."""
+    with tempfile.TemporaryDirectory(prefix="k3eval-export-") as tmp:
+        return export_votes(admin, Path(tmp) / f"votes.{fmt}").read_bytes()
 
 
 ADMIN_COLUMNS = {

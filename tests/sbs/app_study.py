@@ -144,14 +144,25 @@ def wait_app(page, timeout_ms: int = 60_000) -> None:
 
 
 def wait_pair(page, position: int, total: int, timeout_ms: int = 45_000) -> None:
-    """Wait until pair `position` is on the page with both images decoded."""
-    page.wait_for_function(
-        """([want]) => {
-            const m = document.querySelector('.st-key-item_marker');
-            if (!m || !m.innerText.includes(want)) return false;
-            const imgs = document.querySelectorAll('.st-key-left_image img, .st-key-right_image img');
-            return imgs.length === 2 && [...imgs].every(i => i.complete && i.naturalWidth > 0);
-        }""", arg=[f"Pair {position} of {total}"], timeout=timeout_ms)
+    """Wait until pair `position` is on the page with both images decoded. On a timeout, the page is saved to
+    tests/artifacts/sbs_wait_failure.png and its text is put into the error."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(
+            """([want]) => {
+                const m = document.querySelector('.st-key-item_marker');
+                if (!m || !m.innerText.includes(want)) return false;
+                const imgs = document.querySelectorAll('.st-key-left_image img, .st-key-right_image img');
+                return imgs.length === 2 && [...imgs].every(i => i.complete && i.naturalWidth > 0);
+            }""", arg=[f"Pair {position} of {total}"], timeout=timeout_ms)
+    except PlaywrightTimeout:
+        shot = REPO / "tests" / "artifacts" / "sbs_wait_failure.png"
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shot), full_page=True)
+        text = page.inner_text("body")[:1500]
+        raise AssertionError(f"pair {position} of {total} not shown within {timeout_ms} ms; page ({shot}):\n{text}") \
+            from None
 
 
 def current_images(page) -> tuple[str, str]:

@@ -28,7 +28,7 @@ from app_study import (  # noqa: E402
 )
 from helpers import PROMPTS  # noqa: E402
 
-from k3eval.sbs import authenticate, create_study, dispose_engines, queue, votes_frame  # noqa: E402
+from k3eval.sbs import admin_overview, authenticate, create_study, dispose_engines, queue, votes_frame  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -118,7 +118,8 @@ def test_two_annotators_keyboard_and_mouse_end_to_end(browser, served, tmp_path)
     page.keyboard.press("Enter")
     for pos in range(1, n + 1):
         if pos == 3:
-            page.reload()  # a refresh: the session is gone, the database knows where we were
+            wait_pair(page, 3, n)  # the previous pair's answers are acknowledged (the page moved on) ...
+            page.reload()  # ... then a refresh: the session is gone, the database knows where we were
             wait_app(page)
             wait_pair(page, 3, n)
             assert page.inner_text(".st-key-progress").strip().endswith(f"2 / {n} done")
@@ -165,11 +166,13 @@ def test_two_annotators_keyboard_and_mouse_end_to_end(browser, served, tmp_path)
     answers = ("left", "right", "equal", "both_bad")
     for pos in range(1, m + 1):
         if pos == 2:
+            wait_pair(page, 2, m)  # acknowledged first: a vote the page never confirmed may be lost with the tab
             page.close()  # a closed tab; the link (token kept in the address) resumes it
             page = ctx.new_page()
             page.goto(f"{server.base}/?token={created.tokens['mouse']}")
             wait_app(page)
         if pos == 4:
+            wait_pair(page, 4, m)
             server.stop()  # a server restart: nothing of the session survives, the database does
             server.start()
             page.goto(f"{server.base}/?token={created.tokens['mouse']}")
@@ -212,6 +215,7 @@ def test_two_annotators_keyboard_and_mouse_end_to_end(browser, served, tmp_path)
     assert (df["seconds"] > 0).all()
     exported = pd.read_csv(csv_path)
     assert len(exported) == len(df) and set(exported["annotator"]) == {"keys", "mouse"}
+    assert admin_overview(STUDY, created.db_url).exports == 1  # the download is in the audit log
     assert seen_xss and not dialogs  # the script in a prompt was shown, never run
     assert (ARTIFACTS / "sbs_voting.png").stat().st_size > 10_000
     assert (ARTIFACTS / "sbs_admin.png").stat().st_size > 10_000

@@ -29,6 +29,16 @@ def study(tmp_path, two_runs, monkeypatch):
     dispose_engines()
 
 
+@pytest.fixture
+def study_any_db(db_url, two_runs, monkeypatch):
+    """The same study on SQLite and on the session's PostgreSQL server (conftest's `db_url`)."""
+    created = create_study(STUDY, two_runs, ["ann-a", "ann-b"], overlap=2, gold=0.1, repeats=0.1, seed=3,
+                           db_url=db_url)
+    monkeypatch.setenv("K3EVAL_SBS_STUDY", STUDY)
+    monkeypatch.setenv("K3EVAL_DB", db_url)
+    return created
+
+
 def app(token: str | None = None) -> AppTest:
     at = AppTest.from_file(str(APP), default_timeout=60)
     if token is not None:
@@ -116,7 +126,8 @@ def test_refused_tokens_never_reach_the_items(study, two_runs, kind):
     assert at.text_input(key="typed_token")  # the sign-in form is offered instead
 
 
-def test_votes_are_recorded_in_callbacks_and_the_next_pair_follows(study):
+def test_votes_are_recorded_in_callbacks_and_the_next_pair_follows(study_any_db):
+    study = study_any_db
     at = start_voting(study.tokens["ann-a"])
     first = pair_label(at)
     at.button(key="ans_alignment_left").click().run()
@@ -135,7 +146,8 @@ def test_votes_are_recorded_in_callbacks_and_the_next_pair_follows(study):
     assert len(v) == 3 and v.groupby(["item_id", "question"]).size().max() == 1
 
 
-def test_resume_in_a_new_session_at_the_first_open_pair(study):
+def test_resume_in_a_new_session_at_the_first_open_pair(study_any_db):
+    study = study_any_db
     at = start_voting(study.tokens["ann-a"])
     answer(at, "left", "left")
     answer(at, "right", "both_bad")

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,7 @@ class RunFolder:
         """Write one PNG atomically; returns (relative path, sha256 of the file, size in bytes)."""
         data = encode_png(image_u8)
         rel = image_relpath(prompt_id, sample)
-        atomic_write_bytes(self.path / rel, data)
+        _write_then_rename(self.path / rel, data)
         return rel, sha256_bytes(data), len(data)
 
     def image_complete(self, row: dict[str, Any]) -> bool:
@@ -271,6 +272,21 @@ class RunFolder:
 
     def image_path(self, row: dict[str, Any]) -> Path:
         return self.path / str(row["path"])
+
+
+def _write_then_rename(path: Path, data: bytes) -> None:
+    """Like `atomic_write_bytes` without the fsync: an fsync per image cost ~10 % of the time of small images, and
+    it only guards against a machine crash (a killed process loses nothing already written). After a machine crash
+    the resume check (size as journaled, PNG end chunk) finds a torn image and makes it again."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _ends_without_newline(path: Path) -> bool:

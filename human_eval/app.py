@@ -26,6 +26,7 @@ from k3eval.sbs import (
     AccessDenied,
     Admin,
     StoreUnavailable,
+    StudyNotFound,
     admin_overview,
     authenticate,
     export_votes,
@@ -101,8 +102,20 @@ def db_url() -> str | None:
     return os.environ.get(DB_ENV) or None
 
 
+# Shown instead of the store's own refusal texts, which name the study: a study name chosen after the models
+# ("k3-vs-sdxl") must not reach someone without a valid token, nor an annotator.
+REFUSED = ("This link or token is not valid (unknown, revoked, or for another study). Ask the study's organiser for "
+           "your personal link.")
+NO_STUDY = "This study is not available on this server. Ask the study's organiser for the right link."
+
+
 def describe(err: Exception) -> str:
-    """A message for a person. Store errors already are; a raw driver error is not shown (it may hold paths)."""
+    """A message for a person. Store errors already are, except the ones that would name the study; a raw driver
+    error is not shown (it may hold paths)."""
+    if isinstance(err, AccessDenied):
+        return REFUSED
+    if isinstance(err, StudyNotFound):
+        return NO_STUDY
     if isinstance(err, UserError):
         return str(err)
     return f"the vote database failed ({type(err).__name__}); try again in a moment"
@@ -148,8 +161,6 @@ def on_typed_token(study: str) -> None:
         return
     try:
         sign_in(token, study)
-    except AccessDenied as e:
-        flash("error", str(e))
     except (UserError, SQLAlchemyError) as e:
         flash("error", describe(e))
 
@@ -165,7 +176,7 @@ def current_user(study: str):
             sign_in(token, study)
         except AccessDenied as e:
             forget_user()
-            st.error(inert(str(e)))
+            st.error(inert(describe(e)))
             return None
         return st.session_state.who
     return None
@@ -225,7 +236,7 @@ def on_answer(item_id: int, question: str, answer: str, mode: str) -> None:
         record_vote(who, item_id, question, answer, seconds)
     except AccessDenied as e:
         forget_user()
-        flash("error", str(e))
+        flash("error", describe(e))
     except (UserError, SQLAlchemyError) as e:
         flash("error", f"Your answer was NOT saved: {describe(e)}")
 
@@ -445,12 +456,12 @@ def main() -> None:
             annotator_page(who)
     except AccessDenied as e:
         forget_user()
-        st.error(inert(str(e)))
+        st.error(inert(describe(e)))
         login_page(study)
     except (StoreUnavailable, SQLAlchemyError) as e:
         unavailable_page(e)
     except UserError as e:
-        st.error(inert(str(e)))
+        st.error(inert(describe(e)))
 
 
 main()

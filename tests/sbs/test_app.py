@@ -124,6 +124,19 @@ def test_refused_tokens_never_reach_the_items(study, two_runs, kind):
     assert any("not valid" in e.value for e in at.error)
     assert not at.image and not [b for b in at.button if b.key.startswith("ans_")]
     assert at.text_input(key="typed_token")  # the sign-in form is offered instead
+    assert not [s for s in page_strings(at) if STUDY in s]  # the study name may name the models
+
+
+def test_revoked_while_voting_signs_out_without_naming_the_study(study):
+    from k3eval.sbs import revoke
+
+    at = start_voting(study.tokens["ann-a"])
+    revoke(STUDY, "ann-a", study.db_url)
+    at.button(key="ans_alignment_left").click().run()
+    assert not at.exception
+    assert any("not valid" in e.value for e in at.error)
+    assert not at.image and len(my_votes(study, "ann-a")) == 0
+    assert not [s for s in page_strings(at) if STUDY in s]
 
 
 def test_votes_are_recorded_in_callbacks_and_the_next_pair_follows(study_any_db):

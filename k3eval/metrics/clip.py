@@ -219,16 +219,21 @@ def resolve_clip(backend: str, model: str, pretrained: str) -> tuple[str, str, d
         # No open_clip import here: resolving must stay cheap when every embedding is already cached.
         if synthetic:
             model, pretrained = TINY_CLIP, str(synthetic_open_clip_checkpoint())
-        fp: dict[str, Any] = {"backend": backend, "model": model, "synthetic_weights": synthetic,
+        fp: dict[str, Any] = {"extractor": f"open_clip {model}", "backend": backend, "model": model,
+                              "synthetic_weights": synthetic, "standard_weights": not synthetic,
+                              "resize": "open_clip preprocess_val of the model", "dtype": "float32",
                               "open_clip": metadata.version("open_clip_torch")}
         p = Path(pretrained).expanduser()
         if p.is_file():
-            fp.update(pretrained=p.name, sha256=sha256_file(p))
+            fp.update(pretrained=p.name, weights=p.name, sha256=sha256_file(p))
         else:
-            fp["pretrained"] = pretrained
+            fp.update(pretrained=pretrained, weights=pretrained)
         return model, pretrained, fp
     source = str(synthetic_transformers_clip()) if synthetic else model
-    fp = {"backend": backend, "model": "synthetic" if synthetic else model, "synthetic_weights": synthetic,
+    name = "synthetic" if synthetic else model
+    fp = {"extractor": f"transformers CLIPModel {name}", "backend": backend, "model": name, "weights": name,
+          "synthetic_weights": synthetic, "standard_weights": not synthetic,
+          "resize": "CLIPImageProcessor of the model", "dtype": "float32",
           "transformers": metadata.version("transformers")}
     files = sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else []
     if files:

@@ -92,6 +92,7 @@ def run_backend(url: str, runs: dict, n_annotators: int, mode: str, think_ms: fl
     created = sbs.create_study(study, runs, n_annotators, overlap=OVERLAP, gold=0.0, repeats=0.0, seed=0,
                                db_url=url)
     results: list[dict] = []
+    load_before = os.getloadavg()[0]
     t_start = time.perf_counter()
     if mode == "threads":
         barrier = threading.Barrier(n_annotators)
@@ -138,6 +139,8 @@ def run_backend(url: str, runs: dict, n_annotators: int, mode: str, think_ms: fl
         "vote_ms": {"p50": round(_pct(vote_ms, 50), 2), "p99": round(_pct(vote_ms, 99), 2),
                     "mean": round(statistics.fmean(vote_ms), 2) if vote_ms else None},
         "next_item_ms": {"p50": round(_pct(next_ms, 50), 2), "p99": round(_pct(next_ms, 99), 2)},
+        # 1-minute load average before and after: the machine is shared, and CPU starvation shows in the tails
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
 

@@ -84,10 +84,13 @@ def check_page_is_blind(page, runs) -> None:
     assert page.locator("a[href*='evil.example']").count() == 0
 
 
-def vote_with_keys(page, position: int, total: int, align_key: str, quality_key: str) -> None:
+def vote_with_keys(page, position: int, total: int, align_key: str, quality_key: str,
+                   screenshot: Path | None = None) -> None:
     wait_pair(page, position, total)
     page.keyboard.press(align_key)
     page.wait_for_selector(f".st-key-ans_alignment_{KEY_ANSWERS[align_key]} button[kind='primary']")
+    if screenshot is not None:  # the page as an annotator sees it, one answer given
+        page.screenshot(path=str(screenshot))
     page.keyboard.press(quality_key)
 
 
@@ -145,9 +148,8 @@ def test_two_annotators_keyboard_and_mouse_end_to_end(browser, served, tmp_path)
             assert prompt.startswith("<script>alert('x')</script> [click](http://evil.example) **bold** ünïcödé")
             check_page_is_blind(page, runs)
         if pos == 2:
-            page.screenshot(path=str(ARTIFACTS / "sbs_voting.png"))
             check_page_is_blind(page, runs)
-        vote_with_keys(page, pos, n, a_key, q_key)
+        vote_with_keys(page, pos, n, a_key, q_key, ARTIFACTS / "sbs_voting.png" if pos == 2 else None)
     page.wait_for_selector(".st-key-all_done")
     ctx.close()
 

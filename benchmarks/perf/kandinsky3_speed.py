@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -172,13 +173,17 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
         f"{res['mode']}; {res['hardware'].get('device_name')}; {res['date']}; dtype {res['dtype']}; "
         f"{res['size']}x{res['size']} images (latent {res['size'] // 8}x{res['size'] // 8}).", "",
         res["note"], "",
+        f"Load average (1 min) before / after: {res['hardware']['load_average_1m_before_after'][0]:.1f} / "
+        f"{res['hardware']['load_average_1m_before_after'][1]:.1f} on {res['hardware']['cpu_count']} cores: other "
+        "processes shared the machine, and every figure moves with them; ratios measured in the same run are the "
+        "figures to read.", "",
         "| figure | value |", "|---|---|",
         f"| U-Net parameters | {res['unet']['parameters']:,} |",
         f"| U-Net s / evaluation, batch 1 | {u1['seconds_per_eval']:.4f} |",
         f"| U-Net s / evaluation, batch 2 (one guided step) | {u2['seconds_per_eval']:.4f} |",
         f"| U-Net GFLOP / evaluation, batch 1 | {u1['flops'] / 1e9:.1f} |",
-        f"| U-Net TFLOP/s, batch 1 / 2 | {u1['tflops']:.2f} / {u2['tflops']:.2f} |",
-        f"| matmul {res['matmul']['n']}^2 TFLOP/s (same run) | {res['matmul']['tflops']:.2f} |",
+        f"| U-Net TFLOP/s, batch 1 / 2 | {u1['tflops']:.4g} / {u2['tflops']:.4g} |",
+        f"| matmul {res['matmul']['n']}^2 TFLOP/s (same run) | {res['matmul']['tflops']:.4g} |",
         f"| U-Net / matmul rate, batch 2 | {res['unet_fraction_of_matmul']['batch2']:.1%} (target >= 40 % on H200) |",
         f"| peak memory, U-Net batch 2 (MB) | {u2.get('peak_memory_mb', 'n/a (CPU)')} |",
         f"| kandinsky3 s / image ({e['kandinsky3']['unet_evals']} U-Net evals) | "
@@ -212,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     hw = hardware_info()
     hw["device_name"] = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"CPU ({hw['cpu_count']} "\
         f"cores, torch threads {torch.get_num_threads()})"
+    load_before = os.getloadavg()
     mm = matmul_tflops(cfg["matmul_n"], dtype, device, cfg["repeats"])
     components = build(cfg, device, dtype)
     unet = components[0]
@@ -236,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                     "apply_to": "H200, full size, bf16", "met": None if not gpu else {
                         "flash_speedup": e2e["flash_speedup"] >= 20.0,
                         "unet_fraction": b2["tflops"] / mm >= 0.40}},
-        "hardware": hw, "packages": package_versions(),
+        "hardware": {**hw, "load_average_1m_before_after": [load_before[0], os.getloadavg()[0]]},
+        "packages": package_versions(),
         "command": "python benchmarks/perf/kandinsky3_speed.py" + (" --small" if args.small else "")
         + (f" --threads {args.threads}" if args.threads else ""),
     }

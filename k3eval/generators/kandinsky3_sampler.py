@@ -56,7 +56,8 @@ def released_timesteps(steps: int, train_steps: int = TRAIN_STEPS) -> list[int]:
 
 
 def step_pairs(steps: int, train_steps: int = TRAIN_STEPS) -> list[tuple[int, int]]:
-    """(t, t_prev) for each update; the last t_prev is 0."""
+    """(t, t_prev) for each update; the last t_prev is 0, whose alpha-bar is that of timestep 0 (1 - beta_0, about
+    0.99996, as the release indexes it), and that update adds no noise."""
     ts = released_timesteps(steps, train_steps)
     return list(zip(ts, [*ts[1:], 0]))
 

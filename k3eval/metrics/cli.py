@@ -65,7 +65,8 @@ def cmd_score(args) -> int:
         allow_protocol_mismatch=args.allow_protocol_mismatch, device=args.device, batch_size=args.batch_size,
         dtype=args.dtype, cache=_cache(args.cache), progress=not args.quiet)
     summary = score_run(args.run_dir, opts)
-    print(format_summary(summary))
+    if summary:  # empty on the ranks other than 0 under torchrun
+        print(format_summary(summary))
     return 0
 
 

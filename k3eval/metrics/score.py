@@ -152,6 +152,8 @@ def score_run(run_dir: str | Path, opts: ScoreOptions) -> dict[str, Any]:
 
     need_inception = any(m in metrics for m in ("fid", "kid", "is"))
     need_clip = "clip_score" in metrics
+    if _distributed_prepass(opts, items, root, metrics):
+        return {}
     inception = clip = cmmd_ext = None
     bad_paths: set[str] = set()
     keep = np.ones(len(rows), dtype=bool)
@@ -350,6 +352,42 @@ def score_run(run_dir: str | Path, opts: ScoreOptions) -> dict[str, Any]:
     for name in out:
         out[name]["warnings"] += warnings_all
     return _write(run, info, rows, per_image, out, items)
+
+
+def _distributed_prepass(opts: ScoreOptions, items: list[ImageItem], root: Path | None, metrics: list[str]) -> bool:
+    """Under torchrun (WORLD_SIZE > 1) every rank featurises its share of the images into the shared feature cache;
+    after a barrier rank 0 scores from the cache (recomputing nothing) and the other ranks return. Returns True on
+    the ranks that stop here. The cache is the gather: features land in per-writer shard files."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return False
+    if root is None:
+        raise UserError("--cache none cannot be used under torchrun: the ranks share their features through the cache")
+    import torch.distributed as dist
+
+    from k3eval.metrics.weights import resolve_inception_weights
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if opts.device.startswith("cuda") else "gloo")
+    rank = dist.get_rank()
+    share = items[rank::world]
+    extractors = []
+    if any(m in metrics for m in ("fid", "kid", "is")):
+        extractors.append(InceptionExtractor(resolve_inception_weights(opts.inception_weights), opts.protocol,
+                                             opts.device, opts.batch_size, opts.dtype))
+    if "clip_score" in metrics:
+        extractors.append(ClipImageExtractor(opts.clip_backend, opts.clip_model, opts.clip_pretrained, opts.device,
+                                             opts.batch_size))
+    if "cmmd" in metrics:
+        extractors.append(ClipImageExtractor("open_clip", opts.cmmd_model, opts.cmmd_pretrained, opts.device,
+                                             opts.batch_size))
+    for ext in extractors:
+        # unreadable images are left for rank 0, which reports them (or skips them with --skip-bad)
+        extract_images(ext, share, FeatureCache(ext.fingerprint, root), skip_bad=True, progress=False)
+    dist.barrier()
+    return rank != 0
 
 
 def _ref_info(ref) -> dict[str, Any]:

@@ -63,10 +63,15 @@ def test_batches_equal_one_shot():
     np.testing.assert_allclose(sigma, np.cov(gen, rowvar=False), rtol=1e-9)
 
 
-def _worker(rank: int, world: int, init: str, out: str) -> None:
+def _worker(rank: int, world: int, port: int, run_dir: str, weights: str, cache: str, out: str) -> None:
+    """One rank: the Metric classes on its half of the features, then `score_run` under torchrun-style variables."""
+    import os
+
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         ref, gen, img, txt = _data()
         ms = _metrics(ref)
@@ -74,19 +79,42 @@ def _worker(rank: int, world: int, init: str, out: str) -> None:
         half = len(gen) // world
         _update(ms, gen, img, txt, np.arange(rank * half, (rank + 1) * half))
         vals = _values(ms)
+
+        from k3eval.metrics.score import ScoreOptions, score_run
+
+        summary = score_run(run_dir, ScoreOptions(metrics=["is"], inception_weights=weights, cache=cache,
+                                                  is_splits=2))
         if rank == 0:
+            vals["score_is"] = summary["metrics"]["is"]["value"]
             with open(out, "w") as f:
                 json.dump(vals, f)
+        else:
+            assert summary == {}
     finally:
         dist.destroy_process_group()
 
 
-def test_two_processes_equal_one(tmp_path):
-    import torch.multiprocessing as mp
+def test_two_processes_equal_one(tmp_path, inception_weights):
+    """Metric classes gather across two gloo processes; `k3eval score` under torchrun shares the work by rank."""
+    import socket
 
+    import torch.multiprocessing as mp
+    from conftest import make_run
+
+    from k3eval.metrics.score import ScoreOptions, score_run
+
+    run = make_run(tmp_path / "run", n_prompts=4, samples=1, seed=31)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     out = tmp_path / "dist.json"
-    mp.spawn(_worker, args=(2, f"file://{tmp_path / 'rendezvous'}", str(out)), nprocs=2, join=True)
+    cache = tmp_path / "cache2"
+    mp.spawn(_worker, args=(2, port, str(run), str(inception_weights), str(cache), str(out)), nprocs=2, join=True)
     got = json.loads(out.read_text())
     want = _expected(*_data())
     for k in want:
         assert got[k] == pytest.approx(want[k], rel=1e-9, abs=1e-12), k
+    assert len(list(cache.rglob("*.npz"))) == 2  # each rank featurised its own share of the images
+    single = score_run(run, ScoreOptions(metrics=["is"], inception_weights=str(inception_weights),
+                                         cache=str(tmp_path / "cache1"), is_splits=2))
+    assert got["score_is"] == pytest.approx(single["metrics"]["is"]["value"], rel=1e-6)

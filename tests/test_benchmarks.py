@@ -28,9 +28,12 @@ def test_shipped_benchmark_validates(path):
     spec = load_benchmark(path)  # also checks every generator name is registered
     ctx = BenchmarkContext(spec, path, root=ROOT)
     assert len(ctx.prompts()) > 0
+    from k3eval.metrics.stage import MetricsSection
     from k3eval.report.stage import ReportSection
     from k3eval.sbs.stage import StudySection
 
+    if spec.metrics is not None:
+        validate_section(str(path), "metrics", MetricsSection, spec.metrics)
     if spec.study is not None:
         validate_section(str(path), "study", StudySection, spec.study)
     if spec.report is not None:

@@ -116,7 +116,7 @@ def _torchmetrics_clip(folder):
 
 
 def test_transformers_clip_score_equals_torchmetrics_on_short_prompts(hf_clip_folder):
-    from conftest import smooth_images
+    from metrics_helpers import smooth_images
 
     from k3eval.metrics.clip import load_clip
 
@@ -133,7 +133,7 @@ def test_transformers_clip_score_equals_torchmetrics_on_short_prompts(hf_clip_fo
 
 
 def test_long_prompts_keep_end_of_text_and_differ_from_torchmetrics(hf_clip_folder):
-    from conftest import smooth_images
+    from metrics_helpers import smooth_images
 
     from k3eval.metrics.clip import load_clip
 

@@ -99,7 +99,7 @@ def test_two_processes_equal_one(tmp_path, inception_weights):
     import socket
 
     import torch.multiprocessing as mp
-    from conftest import make_run
+    from metrics_helpers import make_run
 
     from k3eval.metrics.score import ScoreOptions, score_run
 

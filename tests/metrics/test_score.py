@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_run, smooth_images, write_pngs
+from metrics_helpers import make_run, smooth_images, write_pngs
 
 from k3eval.cli import main
 from k3eval.errors import UserError

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_run
+from metrics_helpers import make_run
 
 from k3eval.benchmark import BenchmarkContext
 from k3eval.config import BenchmarkSpec

@@ -55,14 +55,15 @@ def image_items(source: str | Path) -> list[ImageItem]:
 
         run = load_run(src)
         rows = run.ok_rows()
-        return [ImageItem(_row_sha(run, r), run.image_path(r)) for r in rows.to_dict("records")]
+        return [ImageItem(row_sha256(run, r), run.image_path(r)) for r in rows.to_dict("records")]
     if src.is_file():
         raise UserError(f"expected a folder of images or a run folder, got the file {src}")
     files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     return [ImageItem(sha256_file(p), p) for p in files]
 
 
-def _row_sha(run, row: dict) -> str:
+def row_sha256(run, row: dict) -> str:
+    """The image's cache key: the manifest's sha256 of the file, or the file hashed now when the row has none."""
     sha = row.get("sha256")
     if isinstance(sha, str) and len(sha) == 64:
         return sha
@@ -156,11 +157,3 @@ def protocol_mismatch(ours: dict[str, Any], theirs: dict[str, Any]) -> list[str]
     return [f"{k}: images {ours.get(k)!r}, reference {theirs.get(k)!r}" for k in PROTOCOL_KEYS
             if ours.get(k) != theirs.get(k)]
 
-
-def reference_fingerprint(ref: Reference) -> dict[str, Any]:
-    return {"source": Path(ref.source).name, "n": ref.n, "external": ref.external,
-            "sha256": ref.protocol.get("sha256"), "protocol": ref.protocol.get("protocol")}
-
-
-def file_digest(path: str | Path) -> str:
-    return sha256_file(path)

@@ -25,6 +25,7 @@ from k3eval.metrics.extract import (
     extract_texts,
 )
 from k3eval.metrics.inception import POOL_DIM
+from k3eval.metrics.reference import row_sha256
 from k3eval.utils import atomic_write_bytes, atomic_write_json, now_iso, package_versions
 
 # name -> (display name, higher is better, unit). The report reads these from summary.json, never from here.
@@ -144,10 +145,9 @@ def score_run(run_dir: str | Path, opts: ScoreOptions) -> dict[str, Any]:
     metrics = parse_metrics(opts.metrics, opts.reference is not None)
     root = opts.cache_root()
     warnings_all: list[str] = list(opts.extra_warnings)
-    from k3eval.metrics.reference import _row_sha
 
     recs = rows.to_dict("records")
-    items = [ImageItem(_row_sha(run, r), run.image_path(r)) for r in recs]
+    items = [ImageItem(row_sha256(run, r), run.image_path(r)) for r in recs]
     versions = package_versions(["open-clip-torch", "Pillow"])
 
     need_inception = any(m in metrics for m in ("fid", "kid", "is"))

@@ -138,7 +138,7 @@ def show_flash() -> None:
 
 
 def forget_user() -> None:
-    for key in ("who", "token", "edit", "shown", "current_item"):
+    for key in ("who", "token", "edit", "shown", "prefetched", "reading_guideline"):
         st.session_state.pop(key, None)
 
 
@@ -300,7 +300,7 @@ def prefetch_following(who, view) -> None:
     threading.Thread(target=work, name="k3eval-prefetch", daemon=True).start()
 
 
-def header(who, done: int, assigned: int, view, mode: str) -> None:
+def header(done: int, assigned: int, view) -> None:
     left, mid, right = st.columns([6, 1.2, 1.2], vertical_alignment="center")
     with left, st.container(key="progress"):
         st.progress(done / assigned if assigned else 0.0)
@@ -318,7 +318,7 @@ def voting_page(who) -> None:
     mode = "edit" if edit is not None else "current"
     view = item_view(who, edit) if edit is not None else next_item(who)
     done, assigned = progress(who)
-    header(who, done, assigned, view, mode)
+    header(done, assigned, view)
     show_flash()
     if view is None:
         with st.container(key="all_done"):
@@ -333,8 +333,6 @@ def voting_page(who) -> None:
                       "to replace it, then Continue.")
             go.button("Continue", key="continue", type="primary", shortcut=CONTINUE_KEY, on_click=on_continue,
                       width="stretch")
-    else:
-        st.session_state.current_item = view.item_id
     with st.container(key="prompt"):
         st.text(view.prompt)  # plain text: never parsed as Markdown or HTML
     cols = st.columns(2, gap="medium")

@@ -141,7 +141,8 @@ def end_to_end(components, cfg: dict[str, Any], device: str, dtype_name: str) ->
         gen = cls(name, {"height": cfg["size"], "width": cfg["size"], "embedding_cache": "none", "variant": None},
                   device=device, dtype=dtype_name)
         # each generator takes its projection out of the U-Net: hand both a fresh one holding the same weights
-        u = type(unet).from_config(unet.config).to(device=device, dtype=unet.dtype)
+        with torch.device(device):
+            u = type(unet).from_config(unet.config).to(dtype=unet.dtype)
         u.load_state_dict(unet.state_dict())
         gen.use_components(u, null, movq, tokenizer, t5)
         gen.generate([GenRequest("warmup", "warm up", 0, 1)])

@@ -254,9 +254,15 @@ class Kandinsky3ReleasedGenerator(Generator):
     def use_components(self, unet, null_embedding, movq, tokenizer, text_encoder=None,
                        cache: PromptEmbeddingCache | None = None) -> None:
         """Run on components built elsewhere (the speed benchmark's seeded random full-size networks) instead of
-        loading weights: `unet` is a diffusers Kandinsky3UNet with its projection inside, as converted."""
-        self._adopt_unet(unet, null_embedding)
-        self.movq, self.tokenizer, self.text_encoder = movq.eval(), tokenizer, text_encoder
+        loading weights: `unet` is a diffusers Kandinsky3UNet with its projection inside, as converted. Modules are
+        cast in place to this generator's component dtypes, and the U-Net loses its projection to the generator."""
+        def cast(module, component: str):
+            dtype = self.component_dtype(component)
+            return module if module.dtype == dtype else module.to(dtype)
+
+        self._adopt_unet(cast(unet, "unet"), null_embedding)
+        self.movq, self.tokenizer = cast(movq, "movq").eval(), tokenizer
+        self.text_encoder = cast(text_encoder, "text_encoder").eval() if text_encoder is not None else None
         self.cache = cache or PromptEmbeddingCache(None, "in-memory")
         self._place(["unet", "movq"] + (["text_encoder"] if text_encoder is not None else []))
         self._sources["unet"] = {"format": "components given in memory"}

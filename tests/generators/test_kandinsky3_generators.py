@@ -194,3 +194,21 @@ def test_k3eval_generate_command_with_beautify(tmp_path, capsys):
     rc = main(["generate", "tiny-kandinsky3-released", "--prompts", "parti", "--limit", "1", "--out",
                str(tmp_path / "bad"), "--set", "offload=disk"])
     assert rc == 2 and "parameter 'offload'" in capsys.readouterr().err
+
+
+def test_use_components_matches_loaded_weights(kandinsky3_released):
+    """The speed benchmark's path: components handed over in memory instead of loaded from files."""
+    from k3eval.generators.kandinsky3 import Kandinsky3ReleasedGenerator, tiny_released_folder
+    from k3eval.generators.kandinsky3_convert import build_unet, infer_config, load_official_unet, load_projection
+
+    weights = tiny_released_folder() / "weights"
+    sd, null = load_official_unet(weights / "kandinsky3.pt")
+    proj = load_projection(weights / "flan_ul2_encoder" / "projection.pt")
+    unet = build_unet(sd, proj, infer_config(sd, proj, head_dim=8, groups=4))
+    g = Kandinsky3ReleasedGenerator("k3-mem", {"height": 64, "width": 64, "steps": 2, "embedding_cache": "none",
+                                              "text_encoder_dtype": "fp32"})
+    ref = kandinsky3_released
+    req = [GenRequest("p", SHORT, 0, 4)]
+    expected = ref.generate(req)[0].image  # loads everything, the text encoder included
+    g.use_components(unet, null, ref.movq, ref.tokenizer, ref.text_encoder)
+    np.testing.assert_allclose(g.generate(req)[0].image, expected, atol=1e-6)

@@ -168,13 +168,14 @@ class ClipEncoder:
         import torch
         from PIL import Image
 
-        pil = [Image.fromarray(a) for a in images]
         with torch.inference_mode():
             if self.backend == "open_clip":
-                x = torch.stack([self._preprocess(p) for p in pil]).to(self.device)
+                x = torch.stack([self._preprocess(Image.fromarray(a)) for a in images]).to(self.device)
                 out = self._model.encode_image(x)
             else:
-                px = self._preprocess(images=pil, return_tensors="pt")["pixel_values"].to(self.device)
+                # uint8 C x H x W tensors, as torchmetrics passes them: the processor's fast path, no PIL round trip
+                chw = [torch.from_numpy(a).permute(2, 0, 1) for a in images]
+                px = self._preprocess(images=chw, return_tensors="pt")["pixel_values"].to(self.device)
                 out = _features(self._model.get_image_features(pixel_values=px))
         return out.float().cpu().numpy()
 

@@ -152,7 +152,9 @@ class StudyCreated:
     comparisons: list[tuple[str, str]]
 
     def link(self, token: str) -> str:
-        return f"{self.base_url.rstrip('/')}/?study={quote(self.name)}&token={quote(token)}"
+        # Only the token: the server started by `sbs serve NAME` knows its study, and a study name in the address
+        # bar could name the models (e.g. "k3-vs-sdxl") and unblind the annotator.
+        return f"{self.base_url.rstrip('/')}/?token={quote(token)}"
 
     @property
     def links(self) -> dict[str, str]:

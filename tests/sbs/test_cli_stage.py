@@ -31,6 +31,7 @@ def test_create_status_export_revoke(two_runs, tmp_path, capsys):
     out = capsys.readouterr().out
     links = dict(re.findall(r"^  (\S+)\t(http://\S+)$", out, flags=re.M))
     assert set(links) == {"alice", "bob", "carol", "admin"}
+    assert not any("cli-study" in link or "study=" in link for link in links.values())  # the name may unblind
     assert "k3eval sbs serve cli-study --db" in out
     token = links["alice"].split("token=")[1]
     who = sbs.authenticate(token, "cli-study", db)

@@ -127,28 +127,18 @@ def test_corrupt_image_is_named_and_skipped_only_on_request(setup, tmp_path):
     run.append_rows("w1", [row])
     run.consolidate()
     with pytest.raises(UserError, match="p002/0.png"):
-        _call_score(run_dir, setup, ["--metrics", "is"])
-    assert _call_score(run_dir, setup, ["--metrics", "is", "--skip-bad"]) == 0
+        _call_score(run_dir, setup, metrics=["is"])
+    assert _call_score(run_dir, setup, metrics=["is"], skip_bad=True) == 0
     summary = json.loads((run_dir / "scores" / "summary.json").read_text())
     assert summary["n_images"] == 2
     assert any("p002/0.png" in w for w in summary["metrics"]["is"]["warnings"])
 
 
-def _call_score(run_dir, setup, extra):
+def _call_score(run_dir, setup, **options):
     """score_run directly, so a UserError surfaces (the CLI turns it into exit code 2)."""
     from k3eval.metrics.score import ScoreOptions, score_run
 
-    opts = {"metrics": None, "skip_bad": False, "cache": "default"}
-    it = iter(extra)
-    for a in it:
-        if a == "--metrics":
-            opts["metrics"] = next(it).split(",")
-        elif a == "--cache":
-            v = next(it)
-            opts["cache"] = None if v == "none" else v
-        elif a == "--skip-bad":
-            opts["skip_bad"] = True
-    score_run(run_dir, ScoreOptions(inception_weights=setup["w"], **opts))
+    score_run(run_dir, ScoreOptions(inception_weights=setup["w"], **options))
     return 0
 
 
@@ -156,7 +146,7 @@ def test_fewer_than_two_images_is_an_error(tmp_path, setup):
     run = make_run(tmp_path / "one", n_prompts=1, samples=1)
     assert main(["score", str(run), "--metrics", "is", "--inception-weights", setup["w"], "--quiet"]) == 2
     with pytest.raises(UserError, match="at least 2"):
-        _call_score(run, setup, ["--metrics", "is"])
+        _call_score(run, setup, metrics=["is"])
 
 
 def test_reference_with_another_protocol_is_refused_unless_allowed(setup, tmp_path, capsys):

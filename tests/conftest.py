@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 
-import pytest
+# Before any test module imports torch: see the note on OMP_WAIT_POLICY in k3eval/__init__.py.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)

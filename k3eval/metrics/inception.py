@@ -178,8 +178,10 @@ def build_synthetic_inception(seed: int = 0, calibration_images: int = 8) -> dic
     """A seeded random-weight state dict with exactly the keys and shapes of the official file.
 
     Random convolutions shrink or blow up the signal over ~90 layers; the batch-norm running statistics are set
-    from a forward pass on seeded noise images, so every layer sees unit-scale activations and the 2048-d features
-    vary between images the way real ones do. Used by tests and the demo (non-standard weights, marked as such).
+    from a forward pass on a seeded calibration batch, so every layer sees unit-scale activations. The batch mixes
+    smooth noisy images, flat colours and saturated blocks: calibrated on noise alone, a flat or saturated image
+    (which tiny generators produce) drives the features up by orders of magnitude. Used by tests and the demo
+    (non-standard weights, marked as such).
     """
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
@@ -190,10 +192,14 @@ def build_synthetic_inception(seed: int = 0, calibration_images: int = 8) -> dic
             m.momentum = None  # cumulative average over the calibration batch
             m.reset_running_stats()
     net.train()
-    smooth = torch.rand(calibration_images, 3, 8, 8, generator=gen) * 255.0
-    x = F.interpolate(smooth, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
-    x = x + torch.randn(x.shape, generator=gen) * 20.0
+    c, size = calibration_images, (INPUT_SIZE, INPUT_SIZE)
+    smooth = F.interpolate(torch.rand(c, 3, 8, 8, generator=gen) * 255.0, size=size, mode="bilinear",
+                           align_corners=False)
+    noisy = smooth + torch.randn(smooth.shape, generator=gen) * 20.0
+    flat = (torch.rand(c, 3, 1, 1, generator=gen) * 255.0).expand(c, 3, *size)
+    blocks = F.interpolate((torch.rand(c, 3, 16, 16, generator=gen) > 0.5).float() * 255.0, size=size,
+                           mode="nearest")
     with torch.no_grad():
-        net(x.clamp(0, 255))
+        net(torch.cat([noisy, flat, blocks]).clamp(0, 255))
     net.eval()
     return {k: v.detach().clone() for k, v in net.state_dict().items()}

@@ -28,7 +28,7 @@ INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.
 OFFICIAL_INCEPTION_SHA256 = {"6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"}
 OFFICIAL_INCEPTION_PREFIX = "6726825d"
 SYNTHETIC = "synthetic"
-SYNTHETIC_VERSION = "v1"  # bump when a synthetic builder changes, so cached files are rebuilt
+SYNTHETIC_VERSION = "v2"  # bump when a synthetic builder changes, so cached files are rebuilt
 
 
 @dataclass(frozen=True)

@@ -197,15 +197,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
-    for name in COMMAND_MODULES:
+    register_modules(COMMAND_MODULES, sub)
+    return parser
+
+
+def register_modules(names: list[str], subparsers) -> None:
+    """Call `register(subparsers)` of each module in `names` that is installed (an optional area may be absent)."""
+    for name in names:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
             if e.name == name:
                 continue
             raise
-        module.register(sub)
-    return parser
+        module.register(subparsers)
 
 
 def main(argv: list[str] | None = None) -> int:

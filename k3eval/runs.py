@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from k3eval.errors import UserError
-from k3eval.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, now_iso, sha256_bytes
+from k3eval.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, file_lock, now_iso, sha256_bytes
 
 MANIFEST_COLUMNS = ["prompt_set", "prompt_id", "prompt", "category", "sample", "seed", "path", "width", "height",
                     "steps", "guidance", "seconds", "status", "sha256", "bytes", "generator"]
@@ -218,18 +218,9 @@ class RunFolder:
         """Ranks of a `world`-way split that have finished."""
         return [r for r in range(world) if self.shard_marker(r, world).exists()]
 
-    @contextlib.contextmanager
     def merge_lock(self):
         """An exclusive lock on the run folder, so two shards finishing together do not both merge."""
-        import fcntl
-
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / ".merge.lock", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        return file_lock(self.path / ".merge.lock")
 
     def remove_stray_temporaries(self) -> list[Path]:
         """Delete temporary files left by a killed writer (`.NAME.XXXX.tmp`, see `atomic_write_bytes`).

@@ -7,28 +7,15 @@ noise-like (the weights are random) but every code path is the real one.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 from k3eval.generators.diffusers_pipeline import DiffusersPipelineGenerator
-from k3eval.utils import cache_dir
+from k3eval.utils import cache_dir, file_lock
 
 TINY_VERSION = "v1"  # bump when a builder changes, so stale cached folders are rebuilt
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def tiny_folder(name: str, build: Callable[[Path], None]) -> Path:
@@ -37,7 +24,7 @@ def tiny_folder(name: str, build: Callable[[Path], None]) -> Path:
     folder = root / f"{name}-{TINY_VERSION}"
     if (folder / ".complete").exists():
         return folder
-    with _file_lock(root / f".{name}.lock"):
+    with file_lock(root / f".{name}.lock"):
         if (folder / ".complete").exists():
             return folder
         tmp = root / f".{name}-{TINY_VERSION}.building"

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from k3eval.errors import UserError
-from k3eval.metrics.weights import SYNTHETIC, SYNTHETIC_VERSION, file_lock, weights_dir
-from k3eval.utils import sha256_file
+from k3eval.metrics.weights import SYNTHETIC, SYNTHETIC_VERSION, weights_dir
+from k3eval.utils import file_lock, sha256_file
 
 TINY_CLIP = "k3eval-tiny-clip"
 TINY_CLIP_CONFIG = {

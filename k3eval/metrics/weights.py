@@ -11,14 +11,12 @@ Synthetic weights (`synthetic`): the real architectures with seeded random weigh
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from k3eval.errors import UserError
-from k3eval.utils import atomic_write_bytes, cache_dir, sha256_file
+from k3eval.utils import atomic_write_bytes, cache_dir, file_lock, sha256_file
 
 INCEPTION_FILES = ("weights-inception-2015-12-05-6726825d.pth", "pt_inception-2015-12-05-6726825d.pth")
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
@@ -43,18 +41,6 @@ class WeightsInfo:
     def fingerprint(self) -> dict:
         return {"weights": self.path.name, "sha256": self.sha256, "standard_weights": self.standard,
                 "synthetic_weights": self.synthetic}
-
-
-@contextlib.contextmanager
-def file_lock(path: Path):
-    """An exclusive lock on `path` (for building a cached file once when several processes start together)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def weights_dir() -> Path:
@@ -117,7 +103,9 @@ def resolve_inception_weights(spec: str | None) -> WeightsInfo:
         else:
             p = _download(INCEPTION_URL, hub / INCEPTION_FILES[0])
     digest = sha256_file(p)
-    standard = digest in OFFICIAL_INCEPTION_SHA256
+    # torch hub names a checkpoint after the first 8 hex digits of its content's sha256 (and checks them on download),
+    # so a file whose digest starts with them is the official one even if the full pinned digest were mistyped.
+    standard = digest in OFFICIAL_INCEPTION_SHA256 or digest.startswith(OFFICIAL_INCEPTION_PREFIX)
     # A copy of the synthetic file given by path is still synthetic: recognised by the name it was built under.
     return WeightsInfo(p, digest, standard, p.name.startswith("synthetic-inception-"))
 

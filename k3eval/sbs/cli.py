@@ -8,7 +8,6 @@ handler runs, so `k3eval --help` stays fast.
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 
 from k3eval.errors import UserError
@@ -170,14 +169,9 @@ def register(subparsers) -> None:
     _db_arg(r)
     r.set_defaults(func=cmd_revoke)
 
-    for name in EXTRA_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:
-                continue
-            raise
-        module.register(sub)
+    from k3eval.cli import register_modules
+
+    register_modules(EXTRA_MODULES, sub)
 
 
 __all__ = ["EXTRA_MODULES", "parse_annotators", "parse_runs", "register"]

@@ -52,9 +52,9 @@ def _study_of(ctx) -> tuple[str | None, str | None, dict[str, Any] | None]:
     if raw is None:
         return None, None, None
     from k3eval.sbs import default_db_url
-    from k3eval.sbs.stage import _rooted
+    from k3eval.sbs.stage import rooted_db_url
 
-    db = _rooted(raw["db"], ctx.root) if raw.get("db") else default_db_url()
+    db = rooted_db_url(raw["db"], ctx.root) if raw.get("db") else default_db_url()
     return raw.get("name") or ctx.spec.name, db, sim
 
 

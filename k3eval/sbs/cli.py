@@ -62,13 +62,24 @@ def parse_annotators(text: str) -> int | list[str]:
     return [n for n in names if n and not n.startswith("#")]
 
 
+def parse_pairs(text: str) -> list[tuple[str, str]]:
+    """'A:B,C:D' -> [('A', 'B'), ('C', 'D')]."""
+    pairs = []
+    for part in (x.strip() for x in text.split(",") if x.strip()):
+        a, sep, b = part.partition(":")
+        if not sep or not a.strip() or not b.strip():
+            raise argparse.ArgumentTypeError(f"expected RUN_A:RUN_B pairs separated by commas, got {part!r}")
+        pairs.append((a.strip(), b.strip()))
+    return pairs
+
+
 def cmd_create(args) -> int:
     from k3eval.sbs import create_study, default_db_url
 
     db = args.db or default_db_url()
     created = create_study(args.name, parse_runs(args.runs), parse_annotators(args.annotators), args.overlap,
                            gold=args.gold, questions=args.questions, reference=args.reference, seed=args.seed,
-                           db_url=db, repeats=args.repeats, base_url=args.base_url)
+                           db_url=db, repeats=args.repeats, base_url=args.base_url, pairs=args.pairs)
     comps = ", ".join(f"{a} vs {b}" for a, b in created.comparisons)
     print(f"study {created.name!r} created in {db}: {created.n_items} items ({created.n_gold} gold) + "
           f"{created.n_repeats} swapped repeats, {len(created.tokens)} annotators, {created.n_assignments} shown "
@@ -141,6 +152,8 @@ def register(subparsers) -> None:
     c.add_argument("--runs", nargs="+", required=True, metavar="RUN",
                    help="two or more run folders (RUN_DIR or NAME=RUN_DIR); the order fixes model_a/model_b")
     c.add_argument("--reference", default=None, help="compare every run against this run name (default: all pairs)")
+    c.add_argument("--pairs", type=parse_pairs, default=None, metavar="A:B,C:D",
+                   help="explicit comparisons by run name instead of all pairs or --reference")
     c.add_argument("--annotators", required=True, help="number of annotators, or a file with one name per line")
     c.add_argument("--overlap", type=_positive, required=True, help="annotators per item (K)")
     c.add_argument("--gold", type=_fraction, default=0.05, help="gold items as a fraction of the items (default 0.05)")
@@ -174,4 +187,4 @@ def register(subparsers) -> None:
     register_modules(EXTRA_MODULES, sub)
 
 
-__all__ = ["EXTRA_MODULES", "parse_annotators", "parse_runs", "register"]
+__all__ = ["EXTRA_MODULES", "parse_annotators", "parse_pairs", "parse_runs", "register"]

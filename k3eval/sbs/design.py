@@ -146,8 +146,24 @@ def load_run_images(runs: dict[str, Path] | list[Path]) -> list[RunImages]:
     return out
 
 
-def comparisons_for(names: list[str], reference: str | None) -> list[tuple[str, str]]:
-    """All pairs in the order given, or each other run against `reference` (reference first)."""
+def comparisons_for(names: list[str], reference: str | None,
+                    pairs: list[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
+    """The comparisons of a study: the explicit `pairs` (e.g. the benchmark's `comparisons:`), else each other run
+    against `reference` (reference first), else all pairs in the order given."""
+    if pairs is not None:
+        if reference is not None:
+            raise UserError("give either reference or explicit pairs (comparisons), not both")
+        seen: set[frozenset[str]] = set()
+        for a, b in pairs:
+            for n in (a, b):
+                if n not in names:
+                    raise UserError(f"pairs: {n!r} is not one of the runs ({', '.join(names)})")
+            if a == b or frozenset((a, b)) in seen:
+                raise UserError(f"pairs: {a} vs {b} compares a run with itself or repeats a pair")
+            seen.add(frozenset((a, b)))
+        if not pairs:
+            raise UserError("pairs: at least one comparison is needed")
+        return [(a, b) for a, b in pairs]
     if reference is None:
         return [(names[i], names[j]) for i in range(len(names)) for j in range(i + 1, len(names))]
     if reference not in names:
@@ -178,7 +194,7 @@ def annotator_names(annotators: int | list[str]) -> list[str]:
 # ---- planning ---------------------------------------------------------------------------------------------------
 def plan_study(runs: list[RunImages], annotators: list[str], overlap: int, *, gold: float = 0.05,
                repeats: float = 0.05, questions: tuple[str, ...] = QUESTIONS, reference: str | None = None,
-               seed: int = 0) -> StudyPlan:
+               seed: int = 0, pairs: list[tuple[str, str]] | None = None) -> StudyPlan:
     """Build the whole study design, deterministically from `seed`.
 
     overlap: annotators per item, 1 <= overlap <= len(annotators). gold: gold items as a fraction of the regular
@@ -194,7 +210,7 @@ def plan_study(runs: list[RunImages], annotators: list[str], overlap: int, *, go
         if not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 0.5:
             raise UserError(f"{label}: expected a fraction between 0 and 0.5, got {v!r}")
     rng = np.random.default_rng(seed)
-    comps = comparisons_for([r.name for r in runs], reference)
+    comps = comparisons_for([r.name for r in runs], reference, pairs)
     by_name = {r.name: r for r in runs}
 
     items: list[PlannedItem] = []

@@ -170,15 +170,16 @@ class StudyCreated:
 def create_study(name: str, runs: dict[str, Path] | list[Path], annotators: int | list[str], overlap: int,
                  gold: float = 0.05, questions=QUESTIONS, reference: str | None = None, seed: int = 0,
                  db_url: str | None = None, repeats: float = 0.05, *, simulated: bool = False,
-                 base_url: str = DEFAULT_BASE_URL) -> StudyCreated:
+                 base_url: str = DEFAULT_BASE_URL, pairs: list[tuple[str, str]] | None = None) -> StudyCreated:
     """Create a study from run folders made on one prompt set, in one transaction.
 
     runs: {name: folder} or a list of folders (named by folder name); the order fixes model_a/model_b.
     annotators: a number N (annotator-01..N) or a list of names. overlap: annotators per item (1..N).
     gold, repeats: fractions in [0, 0.5] (gold of the regular items; swapped repeats of each annotator's regular
     items). questions: a subset of ('alignment', 'quality'), or 'alignment,quality'. reference: compare every run
-    against this one instead of all pairs. seed: fixes the whole design (items, assignment, order, sides, gold).
-    simulated: mark the study as made by `sbs simulate`. A name already in the database raises StudyExists.
+    against this one instead of all pairs; pairs: explicit (run a, run b) comparisons instead of either. seed: fixes
+    the whole design (items, assignment, order, sides, gold). simulated: mark the study as made by `sbs simulate`.
+    A name already in the database raises StudyExists.
     """
     _check_name(name)
     questions = check_questions(questions)
@@ -186,7 +187,7 @@ def create_study(name: str, runs: dict[str, Path] | list[Path], annotators: int 
     names = annotator_names(annotators)
     run_images = load_run_images(runs)
     plan = plan_study(run_images, names, overlap, gold=gold, repeats=repeats, questions=questions,
-                      reference=reference, seed=seed)
+                      reference=reference, seed=seed, pairs=pairs)
     engine = get_engine(url, create=True)
     with session(engine) as s:
         if s.scalars(select(Study.id).where(Study.name == name)).first() is not None:

@@ -9,6 +9,7 @@ study:
   repeats: 0.05
   questions: [alignment, quality]
   reference: tiny-kandinsky3 # optional: compare every run against this one
+                             # (the benchmark's top-level `comparisons:` list, if any, gives the pairs instead)
   seed: 0                    # default: the benchmark seed
   db: sqlite:///runs/smoke/votes.db   # default: $K3EVAL_DB or sqlite:///k3eval.db
   links_file: runs/smoke/study_links.txt   # optional; holds the secret links (for demos)
@@ -49,7 +50,7 @@ class StudySection(Strict):
         return v
 
 
-def _rooted(db: str, root: Path) -> str:
+def rooted_db_url(db: str, root: Path) -> str:
     """A relative SQLite path in the YAML is relative to the folder the benchmark runs in (like runs/)."""
     prefix = "sqlite:///"
     if db.startswith(prefix) and not db.startswith(prefix + "/") and db[len(prefix):] not in ("", ":memory:"):
@@ -68,7 +69,7 @@ def run_stage(ctx) -> None:
         return
     sec: StudySection = validate_section(str(ctx.source), "study", StudySection, ctx.spec.study)
     name = sec.name or ctx.spec.name
-    db = _rooted(sec.db, ctx.root) if sec.db else default_db_url()
+    db = rooted_db_url(sec.db, ctx.root) if sec.db else default_db_url()
     links = Path(sec.links_file) if sec.links_file else None
     if links is not None and not links.is_absolute():
         links = ctx.root / links
@@ -84,11 +85,12 @@ def run_stage(ctx) -> None:
 
             if not isinstance(e, StoreUnavailable):
                 raise
+    pairs = [(c.a, c.b) for c in ctx.spec.comparisons] if ctx.spec.comparisons else None
     try:
         created = create_study(name, ctx.run_dirs(), sec.annotators, sec.overlap, gold=sec.gold,
                                questions=tuple(sec.questions), reference=sec.reference,
                                seed=ctx.spec.seed if sec.seed is None else sec.seed, db_url=db, repeats=sec.repeats,
-                               base_url=sec.base_url)
+                               base_url=sec.base_url, pairs=pairs)
     except StudyExists:
         info = study_info(name, db)
         where = f"; links in {links}" if links and links.exists() else ""

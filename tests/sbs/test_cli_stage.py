@@ -125,3 +125,28 @@ def test_stage_section_is_validated_and_optional(tmp_path, capsys):
         run_stage(_ctx(tmp_path, {"overlap": 0}))
     with pytest.raises(UserError, match=r"study: colour: unknown key"):
         run_stage(_ctx(tmp_path, {"colour": "red"}))
+
+
+def test_stage_uses_the_benchmarks_comparisons(tmp_path):
+    spec = BenchmarkSpec.model_validate({
+        "name": "bench", "prompts": {"set": "parti"}, "runs_dir": str(tmp_path / "runs"),
+        "generators": [{"generator": "tiny-kandinsky3"}, {"generator": "tiny-sd"}, {"generator": "tiny-sd",
+                                                                                      "name": "sd-b"}],
+        "comparisons": [{"a": "tiny-sd", "b": "tiny-kandinsky3"}],
+        "study": {"name": "pairs-study", "annotators": 2, "overlap": 1, "db": "sqlite:///votes.db"}})
+    for i, label in enumerate(["tiny-kandinsky3", "tiny-sd", "sd-b"]):
+        make_run(tmp_path / "runs" / label, label, seed=i)
+    run_stage(BenchmarkContext(spec, tmp_path / "bench.yaml", root=tmp_path, progress=False))
+    votes_db = f"sqlite:///{tmp_path / 'votes.db'}"
+    info = sbs.study_info("pairs-study", votes_db)
+    assert [tuple(c) for c in info["comparisons"]] == [("tiny-sd", "tiny-kandinsky3")]
+
+
+def test_parse_pairs():
+    from k3eval.sbs.cli import parse_pairs
+
+    assert parse_pairs("a:b, c:d") == [("a", "b"), ("c", "d")]
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match="RUN_A:RUN_B"):
+        parse_pairs("a-b")

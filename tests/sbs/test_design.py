@@ -162,3 +162,15 @@ def test_degraded_copy_is_visibly_worse_and_deterministic():
 
     assert detail(deg) < 0.3 * detail(img.astype(np.float64))
     assert np.abs(deg - img).mean() > 40
+
+
+def test_explicit_pairs_replace_all_pairs(three_runs):
+    runs = load_run_images(three_runs)
+    plan = plan_study(runs, annotator_names(2), overlap=1, pairs=[("r3", "r1")], gold=0.0)
+    assert {(it.model_a, it.model_b) for it in plan.items} == {("r3", "r1")}
+    with pytest.raises(UserError, match="pairs: 'nope' is not one of the runs"):
+        plan_study(runs, annotator_names(2), overlap=1, pairs=[("r1", "nope")])
+    with pytest.raises(UserError, match="repeats a pair"):
+        plan_study(runs, annotator_names(2), overlap=1, pairs=[("r1", "r2"), ("r2", "r1")])
+    with pytest.raises(UserError, match="either reference or explicit pairs"):
+        plan_study(runs, annotator_names(2), overlap=1, pairs=[("r1", "r2")], reference="r1")

@@ -33,6 +33,8 @@ class BenchmarkContext:
     progress: bool = True
     root: Path = field(default_factory=Path.cwd)
     outputs: dict[str, Any] = field(default_factory=dict)
+    #: where the report goes when the command line says so (`k3eval demo --out`), over the YAML's `report.out`
+    report_out: Path | None = None
 
     def run_dir(self, run: RunSpec) -> Path:
         return self.spec.runs_path(self.root) / run.label
@@ -129,7 +131,7 @@ def import_run(ctx: BenchmarkContext, imp: ImportedRunSpec, prompts) -> None:
 
 
 def run_benchmark(path: str | Path, stages: list[str] | None = None, limit: int | None = None, force: bool = False,
-                  progress: bool = True, root: Path | None = None) -> BenchmarkContext:
+                  progress: bool = True, root: Path | None = None, report_out: Path | None = None) -> BenchmarkContext:
     source = Path(path)
     spec = load_benchmark(source)
     available = available_stages()
@@ -139,7 +141,8 @@ def run_benchmark(path: str | Path, stages: list[str] | None = None, limit: int 
             from k3eval.errors import did_you_mean
 
             raise UserError(f"unknown stage '{s}'{did_you_mean(s, available)}")
-    ctx = BenchmarkContext(spec, source, limit=limit, force=force, progress=progress, root=root or Path.cwd())
+    ctx = BenchmarkContext(spec, source, limit=limit, force=force, progress=progress, root=root or Path.cwd(),
+                           report_out=report_out)
     for s in [s for s in available if s in chosen]:
         available[s](ctx)
     return ctx

@@ -17,11 +17,10 @@ def smoke_benchmark() -> Path:
 
 
 def run_demo(out: Path = Path("reports/demo"), progress: bool = True) -> Path:
-    from k3eval.benchmark import available_stages, run_benchmark
+    """Run every stage of the smoke benchmark (generate, score, study, report); returns the report's index.html."""
+    from k3eval.benchmark import run_benchmark
 
-    ctx = run_benchmark(smoke_benchmark(), progress=progress)
-    if "report" in available_stages() and ctx.outputs.get("report"):
-        return Path(ctx.outputs["report"])
-    from k3eval.report.gallery import build_gallery
-
-    return build_gallery(ctx.run_dirs(), out, title=f"k3eval demo: {ctx.spec.name}")
+    ctx = run_benchmark(smoke_benchmark(), progress=progress, report_out=out)
+    if not ctx.outputs.get("report"):
+        raise UserError("the demo ran, but no report was written: is the report stage installed (k3eval.report)?")
+    return Path(ctx.outputs["report"])

@@ -119,11 +119,11 @@ def test_run_generate_stage(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
-    res = run_cli("demo", "--quiet", cwd=tmp_path)
+    res = run_cli("demo", "--quiet", "--out", "my-report", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     line = next(ln for ln in res.stdout.splitlines() if ln.startswith("demo report:"))
     index = Path(line.split(":", 1)[1].strip())
-    index = index if index.is_absolute() else tmp_path / index
+    assert index == tmp_path / "my-report" / "index.html"  # --out wins over the YAML's report.out
     html = index.read_text(encoding="utf-8")
     assert "<html" in html and "data:image/" in html
     assert (tmp_path / "runs" / "smoke" / "tiny-sd" / "manifest.parquet").exists()

@@ -84,7 +84,7 @@ def run_stage(ctx) -> None:
         res = simulate_study(study, annotators=sim.annotators, seed=sim.seed, db_url=db, progress=ctx.progress)
         print(f"[report] simulated annotators: {res['votes_recorded']} new votes in study {study!r} "
               f"(marked simulated; rule: {res['rule']})")
-    out = Path(sec.out) if sec.out else Path("reports") / ctx.spec.name
+    out = Path(ctx.report_out or sec.out or Path("reports") / ctx.spec.name)
     if not out.is_absolute():
         out = ctx.root / out
     index = build_report(ctx.run_dirs(), out, study=study, db_url=db, n_resamples=sec.resamples,

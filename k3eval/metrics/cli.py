@@ -4,26 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from k3eval.cli import nonnegative_int, positive_int
+
 
 def _csv(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
-
-
-def _nonneg(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {v}")
-    return v
-
-
-def _positive(text: str) -> int:
-    v = _nonneg(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
 
 
 def add_protocol_args(p: argparse.ArgumentParser) -> None:
@@ -40,7 +25,7 @@ def add_protocol_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cmmd-model", default="ViT-L-14-336", help="open_clip model for CMMD (default ViT-L-14-336)")
     p.add_argument("--cmmd-pretrained", default="openai", help="pretrained tag or file for the CMMD model")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
-    p.add_argument("--batch-size", type=_positive, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--dtype", default="float32", help="Inception compute dtype: float32 (default) or float64")
     p.add_argument("--cache", default="default", metavar="DIR",
                    help="feature cache folder (default $K3EVAL_CACHE/features); 'none' disables it")
@@ -120,15 +105,15 @@ def register(sub) -> None:
     p.add_argument("--reference-protocol", default=None, help="declare the protocol (tf|clean) of an external .npz")
     p.add_argument("--allow-protocol-mismatch", action="store_true",
                    help="score against a reference of another protocol anyway (recorded as a warning)")
-    p.add_argument("--bootstrap", type=_nonneg, default=1000,
+    p.add_argument("--bootstrap", type=nonnegative_int, default=1000,
                    help="resamples of the CLIP score interval over prompts (default 1000; 0: no interval)")
-    p.add_argument("--set-bootstrap", type=_nonneg, default=0,
+    p.add_argument("--set-bootstrap", type=nonnegative_int, default=0,
                    help="resamples for intervals of FID, KID, IS and CMMD (each recomputes the metric; default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of bootstrap, KID subsets and IS splits (default 0)")
-    p.add_argument("--kid-subsets", type=_positive, default=100)
-    p.add_argument("--kid-subset-size", type=_positive, default=1000)
-    p.add_argument("--is-splits", type=_positive, default=10)
-    p.add_argument("--min-category", type=_positive, default=50,
+    p.add_argument("--kid-subsets", type=positive_int, default=100)
+    p.add_argument("--kid-subset-size", type=positive_int, default=1000)
+    p.add_argument("--is-splits", type=positive_int, default=10)
+    p.add_argument("--min-category", type=positive_int, default=50,
                    help="fewest images for a per-category FID/KID/IS/CMMD (smaller ones are flagged too_small)")
     add_protocol_args(p)
     p.set_defaults(func=cmd_score)

@@ -5,17 +5,7 @@ Heavy modules are imported inside the handler, so `k3eval --help` stays light.
 
 from __future__ import annotations
 
-import argparse
-
-
-def _nonnegative(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
+from k3eval.cli import nonnegative_int
 
 
 def cmd_report(args) -> int:
@@ -40,9 +30,9 @@ def register(subparsers) -> None:
     p.add_argument("--study", default=None, help="side-by-side study to include (its votes and facts)")
     p.add_argument("--db", default=None, help="vote database URL (default: $K3EVAL_DB or sqlite:///k3eval.db)")
     p.add_argument("--out", required=True, help="report folder (index.html, report.md, tables/, figures/)")
-    p.add_argument("--resamples", type=_nonnegative, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--resamples", type=nonnegative_int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of every bootstrap (default 0)")
-    p.add_argument("--examples", type=_nonnegative, default=4, help="examples of each kind (default 4)")
+    p.add_argument("--examples", type=nonnegative_int, default=4, help="examples of each kind (default 4)")
     p.add_argument("--title", default=None, help="report title (default: from the benchmark name)")
     p.set_defaults(func=cmd_report)
 

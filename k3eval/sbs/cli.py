@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from k3eval.cli import positive_int
 from k3eval.errors import UserError
 
 EXTRA_MODULES = ["k3eval.sbs.cli_app", "k3eval.sbs.cli_stats"]
@@ -22,16 +23,6 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a fraction such as 0.05, got {text!r}") from None
     if not 0.0 <= v <= 0.5:
         raise argparse.ArgumentTypeError(f"must be between 0 and 0.5, got {v}")
-    return v
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
     return v
 
 
@@ -155,7 +146,7 @@ def register(subparsers) -> None:
     c.add_argument("--pairs", type=parse_pairs, default=None, metavar="A:B,C:D",
                    help="explicit comparisons by run name instead of all pairs or --reference")
     c.add_argument("--annotators", required=True, help="number of annotators, or a file with one name per line")
-    c.add_argument("--overlap", type=_positive, required=True, help="annotators per item (K)")
+    c.add_argument("--overlap", type=positive_int, required=True, help="annotators per item (K)")
     c.add_argument("--gold", type=_fraction, default=0.05, help="gold items as a fraction of the items (default 0.05)")
     c.add_argument("--repeats", type=_fraction, default=0.05,
                    help="swapped repeats as a fraction of each annotator's items (default 0.05)")

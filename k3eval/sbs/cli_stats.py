@@ -5,18 +5,9 @@ Registered by `k3eval.sbs.cli`; heavy modules (pandas, scipy) are imported insid
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+from k3eval.cli import positive_int
 
 
 def cmd_stats(args) -> int:
@@ -63,14 +54,14 @@ def register(sbs_subparsers) -> None:
                    help="recompute everything without the annotators flagged by quality control")
     p.add_argument("--out", default=None, help="folder for the tables (CSV) and summary.json (names end in "
                    "_excluding_flagged with --exclude-flagged)")
-    p.add_argument("--resamples", type=_positive, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--resamples", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of every bootstrap (default 0)")
     p.add_argument("--db", default=None, help="vote database URL (default: $K3EVAL_DB or sqlite:///k3eval.db)")
     p.set_defaults(func=cmd_stats)
 
     s = sbs_subparsers.add_parser("simulate", help="answer a study with simulated annotators (marked as simulated)")
     s.add_argument("name", help="study name")
-    s.add_argument("--annotators", type=_positive, default=None,
+    s.add_argument("--annotators", type=positive_int, default=None,
                    help="simulate the first N annotators of the study (default: all)")
     s.add_argument("--seed", type=int, default=0, help="seed of the simulated answers (default 0)")
     s.add_argument("--db", default=None, help="vote database URL (default: $K3EVAL_DB or sqlite:///k3eval.db)")

@@ -387,20 +387,17 @@ def unavailable(err: Exception, url: str | None = None) -> StoreUnavailable:
 
 
 @contextmanager
-def session(engine: Engine, write: bool = False) -> Iterator[Session]:
-    """A short transaction: committed when the block ends, rolled back on error. `write=True` takes the write lock at
-    the start (SQLite BEGIN IMMEDIATE), so the transaction never fails halfway on a lock upgrade. Driver errors
-    (locked, gone, unreachable) come out as `StoreUnavailable`; integrity errors propagate unchanged."""
+def _guarded(engine: Engine, write: bool) -> Iterator[Engine]:
+    """What every transaction shares: the in-process SQLite writer queue for writes, and driver errors (locked, gone,
+    unreachable) turned into `StoreUnavailable`; integrity errors propagate unchanged. Yields the bind to use."""
     from sqlalchemy.exc import IntegrityError
 
     bind = engine.execution_options(k3eval_write=True) if write else engine
     lock = _SQLITE_WRITE_LOCKS.get(str(engine.url)) if write else None
-    s = Session(bind, expire_on_commit=False)
     if lock is not None:
         lock.acquire()
     try:
-        with s.begin():
-            yield s
+        yield bind
     except IntegrityError:
         raise
     except OperationalError as e:
@@ -410,35 +407,25 @@ def session(engine: Engine, write: bool = False) -> Iterator[Session]:
             raise unavailable(e, str(engine.url)) from None
         raise
     finally:
-        s.close()
         if lock is not None:
             lock.release()
+
+
+@contextmanager
+def session(engine: Engine, write: bool = False) -> Iterator[Session]:
+    """A short transaction: committed when the block ends, rolled back on error. `write=True` takes the write lock at
+    the start (SQLite BEGIN IMMEDIATE), so the transaction never fails halfway on a lock upgrade. Driver errors
+    (locked, gone, unreachable) come out as `StoreUnavailable`; integrity errors propagate unchanged."""
+    with _guarded(engine, write) as bind, Session(bind, expire_on_commit=False) as s, s.begin():
+        yield s
 
 
 @contextmanager
 def connection(engine: Engine, write: bool = False) -> Iterator[Connection]:
     """Like `session` but a Core connection: the hot paths (votes, the queue) use it because it costs a fraction of
     an ORM session per statement, which matters when dozens of annotators vote at once."""
-    from sqlalchemy.exc import IntegrityError
-
-    bind = engine.execution_options(k3eval_write=True) if write else engine
-    lock = _SQLITE_WRITE_LOCKS.get(str(engine.url)) if write else None
-    if lock is not None:
-        lock.acquire()
-    try:
-        with bind.begin() as conn:
-            yield conn
-    except IntegrityError:
-        raise
-    except OperationalError as e:
-        raise unavailable(e, str(engine.url)) from None
-    except DBAPIError as e:
-        if getattr(e, "connection_invalidated", False):
-            raise unavailable(e, str(engine.url)) from None
-        raise
-    finally:
-        if lock is not None:
-            lock.release()
+    with _guarded(engine, write) as bind, bind.begin() as conn:
+        yield conn
 
 
 def find_study(s: Session, name: str) -> Study:

@@ -17,12 +17,7 @@ from k3eval.runs import RunFolder
 
 @pytest.fixture(scope="module")
 def kandinsky3_beautifier():
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on shared cores: see test_kandinsky3_generators
-    yield load_beautifier(TINY_MODEL)
-    torch.set_num_threads(old)
+    return load_beautifier(TINY_MODEL)
 
 
 def test_chat_template_carries_the_report_system_message(kandinsky3_beautifier):

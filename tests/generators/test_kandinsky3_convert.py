@@ -16,18 +16,6 @@ from k3eval.generators.kandinsky3 import TINY_UNET_CONFIG, build_tiny_unet, writ
 DATA = Path(__file__).parent / "kandinsky3_data"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def kandinsky3_one_thread():
-    """Tiny networks are latency-bound: on CPU cores shared with other processes, OpenMP threads waiting on each
-    other make a tiny U-Net pass ~30x slower than one thread does."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _keys(name: str) -> dict[str, tuple[int, ...]]:
     rows = (DATA / name).read_text(encoding="utf-8").splitlines()[1:]
     return {k: tuple(int(x) for x in s.split("x")) for k, s in (r.split("\t") for r in rows)}

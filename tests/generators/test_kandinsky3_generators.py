@@ -18,18 +18,6 @@ from k3eval.runs import RunFolder
 SHORT, LONG = "a cat", "a very detailed oil painting of a lighthouse on a cliff at sunset with seagulls"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def kandinsky3_one_thread():
-    """Tiny networks are latency-bound: on CPU cores shared with other processes, OpenMP threads waiting on each
-    other make a tiny U-Net pass ~30x slower than one thread does."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _gen(name: str, **params):
     return get_entry(name).create(params)
 

@@ -36,6 +36,14 @@ class BadImageError(Exception):
         self.reason = reason
 
 
+def bad_images_error(bad: list[BadImageError]) -> UserError:
+    """The error for images that cannot be scored, naming the first five."""
+    names = "; ".join(f"{e.path} ({e.reason})" for e in bad[:5])
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    return UserError(f"{len(bad)} missing or unreadable image(s): {names}{more}. Fix or regenerate them, or pass "
+                     "--skip-bad to leave them out (they are then listed in the summary)")
+
+
 def check_protocol(protocol: str) -> str:
     if protocol not in PROTOCOLS:
         raise UserError(f"--protocol: unknown value {protocol!r}; accepted: {', '.join(PROTOCOLS)}")

@@ -1,7 +1,8 @@
 """CLIP score (per image, image vs prompt) and CMMD (set metric against the reference's CLIP embeddings).
 
 Both read CLIP image embeddings through `ctx.shared(ClipImageExtractor, ...)`: when CMMD's model is CLIP score's
-(or any other metric asks for the same model), the embeddings are extracted once.
+(or any other metric asks for the same model), the embeddings are extracted once. torch is imported inside the
+methods: checking metric names and settings stays fast.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from typing import Any
 import numpy as np
 
 from k3eval.errors import UserError
-from k3eval.metrics import functional as F
 from k3eval.metrics.api import (
     MetricResult,
     Need,
@@ -21,12 +21,13 @@ from k3eval.metrics.api import (
     SetMetric,
     weights_warning,
 )
-from k3eval.metrics.extract import ClipImageExtractor, ClipTextExtractor
 from k3eval.metrics.inception_metrics import reference_info
 
 
 def clip_image_need(ctx: ScoreContext, backend: str, model: str, pretrained: str, desc: str) -> Need:
     """CLIP image embeddings of one model, shared with every metric that asks for the same one."""
+    from k3eval.metrics.extract import ClipImageExtractor
+
     o = ctx.opts
     return Need(ctx.shared(ClipImageExtractor, backend, model, pretrained, o.device, o.batch_size), desc=desc)
 
@@ -38,11 +39,15 @@ class ClipScore(PerImageMetric):
     default = True
 
     def needs(self, ctx: ScoreContext) -> dict[str, Need]:
+        from k3eval.metrics.extract import ClipTextExtractor
+
         o = ctx.opts
         image = clip_image_need(ctx, o.clip_backend, o.clip_model, o.clip_pretrained, "CLIP features")
         return {"image": image, "text": Need(ctx.shared(ClipTextExtractor, image.extractor), text="prompt")}
 
     def per_image_scores(self, data: ScoreData) -> tuple[np.ndarray, MetricResult]:
+        from k3eval.metrics import functional as F
+
         clip = data.extractors["image"]
         cos = F.clip_cosine(data["image"], data["text"])
         scores = 100.0 * np.maximum(cos, 0.0)
@@ -85,6 +90,8 @@ class Cmmd(SetMetric):
         return [msg + " (--allow-protocol-mismatch)"]
 
     def statistic(self, data: ScoreData):
+        from k3eval.metrics import functional as F
+
         self._mismatch(data)
         emb = data["clip"]
         rc = np.asarray(data.reference.clip_features, np.float64)

@@ -19,21 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from k3eval.errors import UserError
 from k3eval.metrics.api import ImageExtractor, ImageTextExtractor, TextExtractor
 from k3eval.metrics.cache import FeatureCache
 from k3eval.metrics.inception import LOGITS_DIM, POOL_DIM
-from k3eval.metrics.preprocess import (
-    PROTOCOLS,
-    BadImageError,
-    bad_images_error,
-    check_protocol,
-    inception_input,
-    load_rgb8,
-)
+from k3eval.metrics.options import PROTOCOLS, check_dtype, check_protocol
+from k3eval.metrics.preprocess import BadImageError, bad_images_error, inception_input, load_rgb8
 from k3eval.metrics.weights import WeightsInfo, load_inception_state
-
-DTYPES = ("float32", "float64")
 
 
 @dataclass
@@ -79,9 +70,7 @@ class InceptionExtractor(ImageExtractor):
                  dtype: str = "float32"):
         self.weights = weights
         self.protocol = check_protocol(protocol)
-        if dtype not in DTYPES:
-            raise UserError(f"--dtype: unknown value {dtype!r}; accepted: {', '.join(DTYPES)}")
-        self.dtype = dtype
+        self.dtype = check_dtype(dtype)
         self.device = device
         self.batch_size = batch_size
         self._net = None

@@ -1,7 +1,8 @@
 """FID, KID and IS: set metrics of the TF-ported Inception-v3 (pool3 features and unbiased logits).
 
 All three read the same extractor (built once through `ctx.shared`, so the features are extracted once); FID and
-KID compare with the reference's "inception" slot. Formulas and their tests: `k3eval.metrics.functional`.
+KID compare with the reference's "inception" slot. Formulas and their tests: `k3eval.metrics.functional`. torch is
+imported inside the methods: checking metric names and settings stays fast.
 """
 
 from __future__ import annotations
@@ -11,13 +12,11 @@ from typing import Any
 import numpy as np
 
 from k3eval.errors import UserError
-from k3eval.metrics import functional as F
 from k3eval.metrics.api import MetricResult, Need, ScoreContext, ScoreData, SetMetric, weights_warning
-from k3eval.metrics.extract import InceptionExtractor
-from k3eval.metrics.inception import POOL_DIM
 
 
-def _inception(weights: str | None, protocol: str, device: str, batch_size: int, dtype: str) -> InceptionExtractor:
+def _inception(weights: str | None, protocol: str, device: str, batch_size: int, dtype: str):
+    from k3eval.metrics.extract import InceptionExtractor
     from k3eval.metrics.weights import resolve_inception_weights
 
     return InceptionExtractor(resolve_inception_weights(weights), protocol, device, batch_size, dtype)
@@ -69,6 +68,9 @@ class Fid(_InceptionMetric):
     reference = "inception"
 
     def statistic(self, data: ScoreData):
+        from k3eval.metrics import functional as F
+        from k3eval.metrics.inception import POOL_DIM
+
         _protocol_warnings(data)
         ref = data.reference
         pool = data["inception"][:, :POOL_DIM]
@@ -83,6 +85,8 @@ class Fid(_InceptionMetric):
         return fid_of
 
     def describe(self, data: ScoreData, full: Any) -> MetricResult:
+        from k3eval.metrics.inception import POOL_DIM
+
         fp, n = self._fingerprint(data), data.n
         small = [f"n = {n} < {POOL_DIM} (the feature dimension): the covariance is rank-deficient and FID is biased "
                  "upward at small n; compare FID only at equal n"] if n < POOL_DIM else []
@@ -100,6 +104,9 @@ class Kid(_InceptionMetric):
     reference = "inception"
 
     def statistic(self, data: ScoreData):
+        from k3eval.metrics import functional as F
+        from k3eval.metrics.inception import POOL_DIM
+
         _protocol_warnings(data)
         ref = data.reference
         if ref.features is None:
@@ -125,6 +132,9 @@ class InceptionScore(_InceptionMetric):
     higher_is_better = True
 
     def statistic(self, data: ScoreData):
+        from k3eval.metrics import functional as F
+        from k3eval.metrics.inception import POOL_DIM
+
         logits = data["inception"][:, POOL_DIM:]
         splits = min(data.opts.is_splits, data.n)
         return lambda idx: F.inception_score(logits[idx], min(splits, len(idx)), data.opts.seed)

@@ -22,7 +22,8 @@ from k3eval.metrics.cache import FeatureCache
 from k3eval.metrics.extract import ImageItem, Job, run_jobs
 from k3eval.metrics.functional import gaussian_stats
 from k3eval.metrics.inception import POOL_DIM
-from k3eval.metrics.preprocess import PROTOCOLS, bad_images_error
+from k3eval.metrics.options import PROTOCOLS
+from k3eval.metrics.preprocess import bad_images_error
 from k3eval.metrics.verify import verify_images
 from k3eval.utils import atomic_write_bytes, now_iso, package_versions
 
@@ -101,23 +102,6 @@ def build_reference(source: str | Path, out: str | Path, inception, cache_root: 
         ref.clip_protocol = clip.fingerprint
     write_reference(ref, out)
     return ref
-
-
-def parse_synthetic(spec: str, what: str) -> int | None:
-    """N of a `synthetic:N` reference (None for any other spec); `what` names the option in the error."""
-    if not spec.startswith("synthetic:"):
-        return None
-    try:
-        n = int(spec.split(":", 1)[1])
-    except ValueError:
-        n = 0
-    if n < 2:
-        raise UserError(f"{what}: 'synthetic:N' needs an integer N >= 2, got {spec!r}")
-    return n
-
-
-def synthetic_reference_warning(n: int) -> str:
-    return f"reference is {n} synthetic seeded images (demo only): FID, KID and CMMD values mean nothing"
 
 
 def synthetic_reference_images(n: int, seed: int = 0, size: int = 64) -> Path:

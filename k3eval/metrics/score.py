@@ -96,13 +96,10 @@ def check_options(opts: ScoreOptions, reference_made_later: bool = False) -> lis
     """Everything about the options that can be checked without images: protocol, dtype, metric names and settings,
     the reference's form and (unless a benchmark stage makes it later) existence. Returns the metric objects.
     Nothing is loaded."""
-    from k3eval.metrics.extract import DTYPES
-    from k3eval.metrics.preprocess import check_protocol
-    from k3eval.metrics.reference import parse_synthetic
+    from k3eval.metrics.options import check_dtype, check_protocol, parse_synthetic
 
     check_protocol(opts.protocol)
-    if opts.dtype not in DTYPES:
-        raise UserError(f"--dtype: unknown value {opts.dtype!r}; accepted: {', '.join(DTYPES)}")
+    check_dtype(opts.dtype)
     metrics = build_metrics(opts)
     if opts.reference is not None and parse_synthetic(opts.reference, "--reference") is None \
             and not reference_made_later and not Path(opts.reference).exists():
@@ -262,14 +259,8 @@ def _resolve_reference(opts: ScoreOptions, slots: dict, root):
     .npz file, or a folder of images / a run folder / synthetic:N (features extracted here, cached)."""
     from k3eval.metrics.functional import gaussian_stats
     from k3eval.metrics.inception import POOL_DIM
-    from k3eval.metrics.reference import (
-        Reference,
-        load_reference,
-        parse_synthetic,
-        reference_features,
-        synthetic_reference_images,
-        synthetic_reference_warning,
-    )
+    from k3eval.metrics.options import parse_synthetic, synthetic_reference_warning
+    from k3eval.metrics.reference import Reference, load_reference, reference_features, synthetic_reference_images
 
     warnings = list(opts.reference_warnings)
     n = parse_synthetic(opts.reference, "--reference")

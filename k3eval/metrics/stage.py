@@ -69,7 +69,7 @@ class MetricsSection(Strict):
 def resolve_reference(spec: str | None, ctx) -> str | None:
     """The reference of the section as `score` takes it: a path (relative to the benchmark file), a run folder of
     this benchmark for `run:NAME`, or `synthetic:N` as it is (checked here)."""
-    from k3eval.metrics.reference import parse_synthetic
+    from k3eval.metrics.options import parse_synthetic
 
     if spec is None:
         return None

@@ -29,7 +29,8 @@ def add_protocol_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", help="Inception compute dtype: float32 (default) or float64")
     p.add_argument("--cache", default="default", metavar="DIR",
                    help="feature cache folder (default $K3EVAL_CACHE/features); 'none' disables it")
-    p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out (listed) instead of failing")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave missing and unreadable images out (listed in the summary) instead of failing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

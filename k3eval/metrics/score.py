@@ -123,7 +123,9 @@ def score_run(run_dir: str | Path, opts: ScoreOptions) -> dict[str, Any]:
     needs = {m.name: m.needs(ctx) for m in metrics}
     root = opts.cache_root()
     rows, keys, skipped, stage_warnings = _verified(run, rows, root, opts.skip_bad)
-    distinct = {_need_key(nd): nd for ns in needs.values() for nd in ns.values()}
+    distinct: dict[tuple, Any] = {}
+    for nd in (nd for ns in needs.values() for nd in ns.values()):
+        distinct.setdefault(_need_key(nd), nd)
     if _distributed_prepass(opts, _jobs(distinct, rows, keys, root), _paths(run, rows)):
         return {}
     values, readable, bad = _extract(distinct, rows, keys, _paths(run, rows), root, opts)

@@ -61,8 +61,8 @@ def tool_k3eval(a: str, b: str, weights: str, cache: str, protocol: str) -> dict
     t = time.perf_counter()
     ext = InceptionExtractor(resolve_inception_weights(weights), protocol, batch_size=50)
     root = None if cache == "none" else cache
-    fa = extract_images(ext, image_items(a), FeatureCache(ext.fingerprint, root)).feats[:, :POOL_DIM]
-    fb = extract_images(ext, image_items(b), FeatureCache(ext.fingerprint, root)).feats[:, :POOL_DIM]
+    fa = extract_images(ext, image_items(a, root)[0], FeatureCache(ext.fingerprint, root)).feats[:, :POOL_DIM]
+    fb = extract_images(ext, image_items(b, root)[0], FeatureCache(ext.fingerprint, root)).feats[:, :POOL_DIM]
     mu, sigma = F.gaussian_stats(fa)
     fid = F.frechet_distance_to_features(mu, sigma, fb)
     return {"fid": fid, "seconds": time.perf_counter() - t}

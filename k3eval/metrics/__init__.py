@@ -2,6 +2,8 @@
 
 Layers: `functional` (pure functions on features), `classes` (torchmetrics Metric classes that accumulate and
 gather across processes), `inception`/`clip` (networks and their synthetic test weights), `preprocess` (image
-decoding and resize protocols), `extract` + `cache` (cached features), `reference` (reference statistics),
-`score` (`k3eval score`), `stage` (benchmark stage `score`), `cli`. Importing this package imports no torch.
+decoding and resize protocols), `api` (the interface of extractors and metrics), `registry` (metric names),
+`inception_metrics` and `clip_metrics` (the built-in metrics), `extract` + `cache` + `verify` (cached features of
+verified images), `reference` (reference statistics), `options` (checks of the options), `score` (`k3eval score`),
+`stage` (benchmark stage `score`), `cli`. Importing this package imports no torch.
 """

@@ -1,10 +1,12 @@
-"""Feature cache: one feature vector per (extractor fingerprint, image sha256) or (text fingerprint, prompt sha256).
+"""Feature cache: one float32 array per (extractor fingerprint, key): the key is an image's sha256, a prompt's, or
+both hashed together for image-text extractors.
 
 Layout: `<root>/<fingerprint key>/fingerprint.json` and shard files `<uuid>.npz` (keys: an array of sha256 strings,
-feats: N x D float32). Each scoring call that computed something writes one new shard atomically, so concurrent
-writers (torchrun ranks, two runs scored at once) never touch the same file; many shards are merged on the next
-write. A changed image has a new sha256 and a changed protocol a new fingerprint key, so only what changed is
-recomputed.
+and either feats: N x D float32 when every value has the same shape, or flat float32 values with `offsets` (N + 1)
+and `shapes` (N x ndim) when they differ, e.g. a variable number of detections per image). Each scoring call that
+computed something writes one new shard atomically, so concurrent writers (torchrun ranks, two runs scored at once)
+never touch the same file; many shards are merged on the next write. A changed image has a new sha256 and a changed
+protocol a new fingerprint key, so only what changed is recomputed.
 """
 
 from __future__ import annotations
@@ -50,8 +52,7 @@ class FeatureCache:
             for shard in sorted(self.folder.glob("*.npz")):
                 try:
                     with np.load(shard, allow_pickle=False) as z:
-                        for k, f in zip(z["keys"], z["feats"]):
-                            mem[str(k)] = f
+                        mem.update(zip(map(str, z["keys"]), _shard_values(z)))
                 except (OSError, ValueError, KeyError):
                     continue  # a shard from a crashed writer is never visible (atomic rename), but be safe
         self._mem = mem
@@ -83,6 +84,23 @@ class FeatureCache:
 
     def _write_shard(self, feats: dict[str, np.ndarray]) -> None:
         keys = list(feats)
+        values = [np.asarray(feats[k], np.float32) for k in keys]
         buf = io.BytesIO()
-        np.savez(buf, keys=np.array(keys), feats=np.stack([np.asarray(feats[k], np.float32) for k in keys]))
+        if len({v.shape for v in values}) == 1:
+            np.savez(buf, keys=np.array(keys), feats=np.stack(values))
+        else:
+            if len({v.ndim for v in values}) != 1:
+                raise ValueError(f"{self.fingerprint.get('extractor')}: cached values must have the same number of "
+                                 "dimensions")
+            offsets = np.cumsum([0] + [v.size for v in values]).astype(np.int64)
+            np.savez(buf, keys=np.array(keys), flat=np.concatenate([v.ravel() for v in values]), offsets=offsets,
+                     shapes=np.array([v.shape for v in values], dtype=np.int64))
         atomic_write_bytes(self.folder / f"{uuid.uuid4().hex}.npz", buf.getvalue())
+
+
+def _shard_values(z) -> list[np.ndarray]:
+    """The values of one shard, in key order (see the module docstring for the two layouts)."""
+    if "feats" in z:
+        return list(z["feats"])
+    flat, offsets, shapes = z["flat"], z["offsets"], z["shapes"]
+    return [flat[offsets[i]:offsets[i + 1]].reshape(shapes[i]) for i in range(len(shapes))]

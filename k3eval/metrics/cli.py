@@ -29,12 +29,28 @@ def add_protocol_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", help="Inception compute dtype: float32 (default) or float64")
     p.add_argument("--cache", default="default", metavar="DIR",
                    help="feature cache folder (default $K3EVAL_CACHE/features); 'none' disables it")
-    p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out (listed) instead of failing")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave missing and unreadable images out (listed in the summary) instead of failing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _cache(value: str) -> str | None:
     return None if value.lower() == "none" else value
+
+
+def parse_metric_settings(items: list[str]) -> dict[str, dict]:
+    """`--set NAME.KEY=VALUE` (repeatable) -> {NAME: {KEY: VALUE}}; values are parsed as YAML scalars."""
+    from k3eval.errors import UserError
+    from k3eval.generators.base import parse_set_options
+
+    out: dict[str, dict] = {}
+    for item in items:
+        ((key, value),) = parse_set_options([item]).items()
+        name, _, option = key.partition(".")
+        if not option or not name:
+            raise UserError(f"--set {item}: name the metric and its setting, as NAME.KEY=VALUE")
+        out.setdefault(name, {})[option] = value
+    return out
 
 
 def cmd_score(args) -> int:
@@ -48,7 +64,8 @@ def cmd_score(args) -> int:
         seed=args.seed, kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
         is_splits=args.is_splits, min_category=args.min_category, skip_bad=args.skip_bad,
         allow_protocol_mismatch=args.allow_protocol_mismatch, device=args.device, batch_size=args.batch_size,
-        dtype=args.dtype, cache=_cache(args.cache), progress=not args.quiet)
+        dtype=args.dtype, cache=_cache(args.cache), progress=not args.quiet,
+        settings=parse_metric_settings(args.set or []))
     summary = score_run(args.run_dir, opts)
     if summary:  # empty on the ranks other than 0 under torchrun
         print(format_summary(summary))
@@ -61,7 +78,10 @@ def format_summary(summary: dict) -> str:
     for m in summary["metrics"].values():
         v = "n/a" if m["value"] is None else f"{m['value']:.4f}"
         ci = f" [{m['ci'][0]:.4f}, {m['ci'][1]:.4f}]" if m.get("ci") else ""
-        lines.append(f"  {m['display_name']:<16} {v}{ci}  (n={m['n']}, {m['protocol'].get('protocol', '')})".rstrip())
+        about = ", ".join([f"n={m['n']}", *([m["protocol"]["protocol"]] if m["protocol"].get("protocol") else [])])
+        lines.append(f"  {m['display_name']:<16} {v}{ci}  ({about})")
+    if summary.get("skipped"):
+        lines.append(f"  skipped {len(summary['skipped'])} image(s) (--skip-bad): listed in summary.json")
     lines.append(f"  -> {summary['run']['path']}/scores/summary.json")
     return "\n".join(lines)
 
@@ -73,9 +93,9 @@ def cmd_reference_build(args) -> int:
     from k3eval.metrics.reference import build_reference
     from k3eval.metrics.weights import resolve_inception_weights
 
-    metrics = args.metrics or ["fid", "kid"]
+    metrics = ["fid", "kid"] if args.metrics is None else args.metrics
     unknown = [m for m in metrics if m not in ("fid", "kid", "cmmd")]
-    if unknown:
+    if unknown or not metrics:
         raise UserError(f"--metrics: a reference serves fid, kid and cmmd; got {', '.join(unknown)}")
     inception = InceptionExtractor(resolve_inception_weights(args.inception_weights), args.protocol, args.device,
                                    args.batch_size, args.dtype)
@@ -94,14 +114,19 @@ def cmd_reference_build(args) -> int:
 
 
 def register(sub) -> None:
+    from k3eval.metrics.registry import metric_names
+
     p = sub.add_parser("score", help="automatic metrics of a run folder (FID, KID, IS, CLIP score, CMMD) -> "
                        "RUN_DIR/scores/")
     p.add_argument("run_dir", help="run folder (from generate or import)")
     p.add_argument("--metrics", type=_csv, default=None,
-                   help="comma-separated: clip_score,fid,kid,is,cmmd (default: clip_score,is, plus fid,kid,cmmd with "
-                   "--reference)")
+                   help=f"comma-separated, from {','.join(metric_names())} (default: clip_score,is, plus fid,kid,cmmd "
+                   "with --reference)")
     p.add_argument("--reference", default=None, help="reference .npz (k3eval reference build, or external with "
-                   "--reference-protocol), or a folder of reference images / a run folder")
+                   "--reference-protocol), a folder of reference images / a run folder, or synthetic:N (N seeded "
+                   "test images: the numbers mean nothing)")
+    p.add_argument("--set", action="append", metavar="NAME.KEY=VALUE",
+                   help="a setting of one metric (repeatable; the settings of each metric: docs/metrics.md)")
     p.add_argument("--reference-protocol", default=None, help="declare the protocol (tf|clean) of an external .npz")
     p.add_argument("--allow-protocol-mismatch", action="store_true",
                    help="score against a reference of another protocol anyway (recorded as a warning)")

@@ -11,7 +11,9 @@ config `k3eval-tiny-clip` registered with open_clip and a checkpoint file loaded
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -39,6 +41,26 @@ def _config_dir() -> Path:
     if not path.exists():
         path.write_text(json.dumps(TINY_CLIP_CONFIG, indent=2))
     return d
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """open_clip reports through the root logger (`logging.warning(...)`), which on first use also installs a stderr
+    handler on the root logger for the whole process. Around its calls the root logger gets a silent handler and
+    level ERROR, so its notes ("No pretrained weights loaded ... initialized randomly" when the synthetic checkpoint
+    is built, which weights were loaded) stay out of k3eval's output; failures still raise."""
+    root = logging.getLogger()
+    added = None if root.handlers else logging.NullHandler()
+    if added is not None:
+        root.addHandler(added)
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        if added is not None:
+            root.removeHandler(added)
 
 
 def register_tiny_config() -> None:
@@ -72,7 +94,7 @@ def synthetic_open_clip_checkpoint(seed: int = 0) -> Path:
     register_tiny_config()
     with file_lock(weights_dir() / ".open_clip.lock"):
         if not path.exists():
-            with torch.random.fork_rng():
+            with torch.random.fork_rng(), _quiet_root_logger():
                 torch.manual_seed(seed)
                 model = open_clip.create_model(TINY_CLIP, pretrained=None)
             gen = torch.Generator().manual_seed(seed + 1)
@@ -299,7 +321,8 @@ def _load_open_clip(model: str, pretrained: str, device: str) -> ClipEncoder:
         raise UserError(f"--clip-pretrained: {pretrained!r} is neither a file nor a pretrained tag of {model} "
                         f"(tags: {', '.join(open_clip.list_pretrained_tags_by_model(model)) or 'none'})")
     try:
-        net, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, device=device)
+        with _quiet_root_logger():
+            net, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, device=device)
     except Exception as e:  # hub, network, file and state-dict errors all mean "these weights are not usable here"
         raise _open_clip_missing(model, pretrained, e) from None
     net.eval()

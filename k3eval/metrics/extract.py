@@ -1,14 +1,16 @@
-"""Feature extractors with their fingerprints, and cached extraction over many images or prompts.
+"""The extractors of the built-in metrics (Inception, CLIP image and text) and the driver that runs extractors.
 
-An extractor turns images (or prompts) into one float32 vector each and has a fingerprint: everything its output
-depends on (network, weights and their sha256, resize protocol and library, dtype). Extraction goes through the
-feature cache: only images whose (sha256, fingerprint) is not cached are decoded and run through the network, and
-the network is loaded only when something is missing, so rescoring an unchanged run loads no model.
+An extractor (interface: `k3eval.metrics.api`) turns images or prompts into one float32 array each and has a
+fingerprint: everything its output depends on (network, weights and their sha256, resize protocol and library,
+dtype). `run_jobs` drives any number of image and image-text extractors over one list of images through the feature
+cache: only what is not cached is decoded, each image once for all extractors that need it, in bounded batches,
+and a network is loaded only when something is missing, so rescoring an unchanged run loads no model.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,13 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from k3eval.errors import UserError
+from k3eval.metrics.api import ImageExtractor, ImageTextExtractor, TextExtractor
 from k3eval.metrics.cache import FeatureCache
 from k3eval.metrics.inception import LOGITS_DIM, POOL_DIM
-from k3eval.metrics.preprocess import PROTOCOLS, BadImageError, check_protocol, inception_input, load_rgb8
+from k3eval.metrics.options import PROTOCOLS, check_dtype, check_protocol
+from k3eval.metrics.preprocess import BadImageError, bad_images_error, inception_input, load_rgb8
 from k3eval.metrics.weights import WeightsInfo, load_inception_state
-
-DTYPES = ("float32", "float64")
 
 
 @dataclass
@@ -41,8 +42,17 @@ class Extracted:
     keys: list[str]
     feats: np.ndarray
     bad: list[BadImageError] = field(default_factory=list)
-    computed: int = 0
-    cached: int = 0
+
+
+@dataclass
+class Job:
+    """One extractor over a list of images: the cache key of each image (its sha256, or `pair_key` for image-text
+    extractors) and, for image-text extractors, the text of each image."""
+
+    extractor: ImageExtractor | ImageTextExtractor
+    cache: FeatureCache
+    keys: list[str]
+    texts: list[str] | None = None
 
 
 def _pil_version() -> str:
@@ -51,7 +61,7 @@ def _pil_version() -> str:
     return PIL.__version__
 
 
-class InceptionExtractor:
+class InceptionExtractor(ImageExtractor):
     """TF-ported Inception-v3: pool3 (2048) and unbiased logits (1008) per image, concatenated."""
 
     dim = POOL_DIM + LOGITS_DIM
@@ -60,9 +70,7 @@ class InceptionExtractor:
                  dtype: str = "float32"):
         self.weights = weights
         self.protocol = check_protocol(protocol)
-        if dtype not in DTYPES:
-            raise UserError(f"--dtype: unknown value {dtype!r}; accepted: {', '.join(DTYPES)}")
-        self.dtype = dtype
+        self.dtype = check_dtype(dtype)
         self.device = device
         self.batch_size = batch_size
         self._net = None
@@ -102,7 +110,7 @@ class InceptionExtractor:
         return torch.cat([pool, logits], 1).float().cpu().numpy()
 
 
-class ClipImageExtractor:
+class ClipImageExtractor(ImageExtractor):
     """CLIP image embeddings (raw, not normalised) of one model; the model is loaded on first need."""
 
     def __init__(self, backend: str, model: str, pretrained: str, device: str = "cpu", batch_size: int = 32):
@@ -127,9 +135,6 @@ class ClipImageExtractor:
             self._enc = load_clip(self.backend, self.model, self.source, self.device)
         return self._enc
 
-    def prepare(self, image: np.ndarray):
-        return image
-
     def run(self, batch: list) -> np.ndarray:
         return self.encoder().encode_images(batch)
 
@@ -145,7 +150,7 @@ class ClipImageExtractor:
         return truncated_flags(self.backend, tok, ctx, texts)
 
 
-class ClipTextExtractor:
+class ClipTextExtractor(TextExtractor):
     """Text embeddings of the same CLIP, keyed by the sha256 of the prompt text."""
 
     def __init__(self, images: ClipImageExtractor):
@@ -164,81 +169,127 @@ def text_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def pair_key(image_key: str, text: str) -> str:
+    """Cache key of an (image, text) input: both digests hashed together."""
+    return hashlib.sha256(f"{image_key}\n{text_key(text)}".encode()).hexdigest()
+
+
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="img", disable=not enabled or total == 0, leave=False)
 
 
-def extract_images(extractor, items: Sequence[ImageItem], cache: FeatureCache, skip_bad: bool = False,
-                   progress: bool = False, workers: int = 2, desc: str = "features") -> Extracted:
-    """Features of `items` in order, from the cache where present, else decoded and computed (then cached).
+def _check_outputs(extractor, out, n: int) -> None:
+    if len(out) != n:
+        raise RuntimeError(f"{type(extractor).__name__}.run returned {len(out)} outputs for a batch of {n}")
 
-    Unreadable images raise a UserError naming them, unless `skip_bad` (then they are left out and listed in
-    `bad`). Decoding and resizing run in `workers` threads (PIL releases the GIL) while the network runs.
+
+def run_jobs(jobs: Sequence[Job], paths: Sequence[Path], skip_bad: bool = False, progress: bool = False,
+             workers: int = 2, desc: str = "features") -> tuple[list[dict[str, np.ndarray]], list[BadImageError]]:
+    """Values of every job for every image in `paths`, from the cache where present, else computed and cached.
+
+    Each image that some job lacks is decoded once, in `workers` threads (PIL releases the GIL) while the networks
+    run, and prepared for every job that lacks it; each job runs on batches of its own `batch_size`. At most about
+    two batches of prepared inputs are in flight, so memory does not grow with the number of images. Returns, per
+    job, key -> value for every readable image, and the images that could not be decoded; those raise a UserError
+    naming them unless `skip_bad` (the values computed so far are cached first).
     """
-    keys = [it.key for it in items]
-    have = cache.get(keys)
-    todo: dict[str, ImageItem] = {}
-    for it in items:
-        if it.key not in have and it.key not in todo:
-            todo[it.key] = it
+    have = [job.cache.get(job.keys) for job in jobs]
+    wanted: dict[int, list[int]] = {}
+    for j, job in enumerate(jobs):
+        seen: set[str] = set()
+        for i, key in enumerate(job.keys):
+            if key not in have[j] and key not in seen:
+                seen.add(key)
+                wanted.setdefault(i, []).append(j)
+    new: list[dict[str, np.ndarray]] = [{} for _ in jobs]
     bad: list[BadImageError] = []
-    new: dict[str, np.ndarray] = {}
-    if todo:
-        pending = list(todo.values())
+    if wanted:
+        batches: list[list[tuple[str, object]]] = [[] for _ in jobs]
+        bar = _progress(len(wanted), desc, progress)
 
-        def prep(it: ImageItem):
+        def prep(i: int):
             try:
-                return it.key, extractor.prepare(load_rgb8(it.path)), None
+                image = load_rgb8(paths[i])
             except BadImageError as e:
-                return it.key, None, e
+                return i, None, e
+            out = []
+            for j in wanted[i]:
+                job = jobs[j]
+                x = job.extractor.prepare(image, job.texts[i]) if job.texts is not None \
+                    else job.extractor.prepare(image)
+                out.append((j, x))
+            return i, out, None
 
-        bar = _progress(len(pending), desc, progress)
-        batch_keys: list[str] = []
-        batch: list = []
+        def flush(j: int) -> None:
+            if batches[j]:
+                keys = [k for k, _ in batches[j]]
+                out = jobs[j].extractor.run([x for _, x in batches[j]])
+                _check_outputs(jobs[j].extractor, out, len(keys))
+                new[j].update(zip(keys, out))
+                batches[j].clear()
 
-        def flush():
-            if batch:
-                out = extractor.run(batch)
-                new.update(zip(batch_keys, out))
-                bar.update(len(batch))
-                batch_keys.clear()
-                batch.clear()
+        def take(result) -> None:
+            i, prepared, err = result
+            bar.update(1)
+            if err is not None:
+                bad.append(err)
+                return
+            for j, x in prepared:
+                batches[j].append((jobs[j].keys[i], x))
+                if len(batches[j]) >= jobs[j].extractor.batch_size:
+                    flush(j)
 
+        window = 2 * max(job.extractor.batch_size for job in jobs)
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for key, x, err in pool.map(prep, pending):
-                if err is not None:
-                    bad.append(err)
-                    continue
-                batch_keys.append(key)
-                batch.append(x)
-                if len(batch) >= extractor.batch_size:
-                    flush()
-            flush()
+            in_flight: deque = deque()
+            for i in wanted:
+                in_flight.append(pool.submit(prep, i))
+                if len(in_flight) >= window:
+                    take(in_flight.popleft().result())
+            while in_flight:
+                take(in_flight.popleft().result())
+        for j in range(len(jobs)):
+            flush(j)
         bar.close()
+        for job, values in zip(jobs, new):
+            job.cache.put(values)
         if bad and not skip_bad:
-            names = "; ".join(f"{e.path} ({e.reason})" for e in bad[:5])
-            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-            raise UserError(f"{len(bad)} unreadable image(s): {names}{more}. Fix or regenerate them, or pass "
-                            "--skip-bad to leave them out (they are then listed in the summary)")
-        cache.put(new)
-    bad_keys = {todo_key for todo_key, it in todo.items() if any(e.path == it.path for e in bad)}
-    out_keys = [k for k in keys if k not in bad_keys]
-    allf = {**have, **new}
-    feats = np.stack([allf[k] for k in out_keys]) if out_keys else np.zeros((0, 0), np.float32)
-    return Extracted(out_keys, feats, bad, computed=len(new), cached=len(set(keys) & set(have)))
+            raise bad_images_error(bad)
+    return [{**h, **n} for h, n in zip(have, new)], bad
 
 
-def extract_texts(extractor: ClipTextExtractor, texts: Sequence[str], cache: FeatureCache) -> np.ndarray:
-    """Text embeddings of `texts` in order, cached by the sha256 of each text."""
+def stack(values: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """One N x ... array when every value has the same shape, else the list itself."""
+    if values and len({v.shape for v in values}) == 1:
+        return np.stack(values)
+    return values
+
+
+def extract_images(extractor: ImageExtractor, items: Sequence[ImageItem], cache: FeatureCache, skip_bad: bool = False,
+                   progress: bool = False, workers: int = 2, desc: str = "features") -> Extracted:
+    """Features of `items` in order for one image extractor (`run_jobs` with one job); unreadable images raise a
+    UserError naming them unless `skip_bad` (then they are left out and listed in `bad`)."""
+    keys = [it.key for it in items]
+    (values,), bad = run_jobs([Job(extractor, cache, keys)], [it.path for it in items], skip_bad, progress, workers,
+                              desc)
+    out_keys = [k for k in keys if k in values]
+    feats = np.stack([values[k] for k in out_keys]) if out_keys else np.zeros((0, 0), np.float32)
+    return Extracted(out_keys, feats, bad)
+
+
+def extract_texts(extractor: TextExtractor, texts: Sequence[str], cache: FeatureCache) -> np.ndarray:
+    """Text features of `texts` in order, cached by the sha256 of each text."""
     keys = [text_key(t) for t in texts]
     have = cache.get(keys)
     todo = list(dict.fromkeys(t for t, k in zip(texts, keys) if k not in have))
     new: dict[str, np.ndarray] = {}
     for i in range(0, len(todo), extractor.batch_size):
         chunk = todo[i:i + extractor.batch_size]
-        new.update(zip((text_key(t) for t in chunk), extractor.run(chunk)))
+        out = extractor.run(chunk)
+        _check_outputs(extractor, out, len(chunk))
+        new.update(zip((text_key(t) for t in chunk), out))
     cache.put(new)
     allf = {**have, **new}
-    return np.stack([allf[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
+    return stack([np.asarray(allf[k]) for k in keys]) if keys else np.zeros((0, 0), np.float32)

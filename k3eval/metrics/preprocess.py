@@ -21,11 +21,6 @@ import torch
 from k3eval.errors import UserError
 from k3eval.metrics.inception import INPUT_SIZE
 
-PROTOCOLS: dict[str, str] = {
-    "clean": "PIL bicubic per channel in float32, no re-quantisation (clean-fid 'clean')",
-    "tf": "TensorFlow 1.x bilinear, align_corners=False, no antialias (torch-fidelity, pytorch-fid)",
-}
-
 
 class BadImageError(Exception):
     """An image file that cannot be decoded completely (truncated, corrupt, not an image)."""
@@ -36,10 +31,12 @@ class BadImageError(Exception):
         self.reason = reason
 
 
-def check_protocol(protocol: str) -> str:
-    if protocol not in PROTOCOLS:
-        raise UserError(f"--protocol: unknown value {protocol!r}; accepted: {', '.join(PROTOCOLS)}")
-    return protocol
+def bad_images_error(bad: list[BadImageError]) -> UserError:
+    """The error for images that cannot be scored, naming the first five."""
+    names = "; ".join(f"{e.path} ({e.reason})" for e in bad[:5])
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    return UserError(f"{len(bad)} missing or unreadable image(s): {names}{more}. Fix or regenerate them, or pass "
+                     "--skip-bad to leave them out (they are then listed in the summary)")
 
 
 def load_rgb8(path: str | Path) -> np.ndarray:

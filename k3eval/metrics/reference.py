@@ -19,11 +19,13 @@ import numpy as np
 
 from k3eval.errors import UserError
 from k3eval.metrics.cache import FeatureCache
-from k3eval.metrics.extract import ImageItem, extract_images
+from k3eval.metrics.extract import ImageItem, Job, run_jobs
 from k3eval.metrics.functional import gaussian_stats
 from k3eval.metrics.inception import POOL_DIM
-from k3eval.metrics.preprocess import PROTOCOLS
-from k3eval.utils import atomic_write_bytes, now_iso, package_versions, sha256_file
+from k3eval.metrics.options import PROTOCOLS
+from k3eval.metrics.preprocess import bad_images_error
+from k3eval.metrics.verify import verify_images
+from k3eval.utils import atomic_write_bytes, now_iso, package_versions
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # What must agree between a reference and the scored images for FID/KID to be comparable.
@@ -44,9 +46,10 @@ class Reference:
     warnings: list[str] = field(default_factory=list)
 
 
-def image_items(source: str | Path) -> list[ImageItem]:
-    """The images of a run folder (status-ok manifest rows, keyed by their recorded sha256) or of any folder of
-    image files (searched recursively, sorted by path, keyed by the sha256 of each file)."""
+def image_items(source: str | Path, cache_root: str | Path | None = None) -> tuple[list[ImageItem], list]:
+    """The images of a run folder (its status-ok manifest rows) or of any folder of image files (searched
+    recursively, sorted by path), each keyed by the sha256 of the file as it is now (see `verify`); and the
+    images that are missing or unreadable (BadImageError)."""
     src = Path(source)
     if not src.exists():
         raise UserError(f"images folder not found: {src}")
@@ -54,47 +57,74 @@ def image_items(source: str | Path) -> list[ImageItem]:
         from k3eval.runs import load_run
 
         run = load_run(src)
-        rows = run.ok_rows()
-        return [ImageItem(row_sha256(run, r), run.image_path(r)) for r in rows.to_dict("records")]
-    if src.is_file():
+        paths = [run.image_path(r) for r in run.ok_rows().to_dict("records")]
+    elif src.is_file():
         raise UserError(f"expected a folder of images or a run folder, got the file {src}")
-    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    return [ImageItem(sha256_file(p), p) for p in files]
+    else:
+        paths = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    checked = verify_images(src, paths, cache_root=cache_root)
+    return [ImageItem(k, p) for k, p in zip(checked.keys, paths) if k is not None], checked.bad
 
 
-def row_sha256(run, row: dict) -> str:
-    """The image's cache key: the manifest's sha256 of the file, or the file hashed now when the row has none."""
-    sha = row.get("sha256")
-    if isinstance(sha, str) and len(sha) == 64:
-        return sha
-    p = run.image_path(row)
-    return sha256_file(p) if p.exists() else f"missing:{p}"
+def reference_features(source: str | Path, extractors: dict[str, Any], cache_root: str | Path | None,
+                       skip_bad: bool = False, progress: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Features of the reference images for each slot ("inception", "clip") in one pass over the images, and
+    warnings naming the images left out (an error naming them unless `skip_bad`)."""
+    items, bad = image_items(source, cache_root)
+    if bad and not skip_bad:
+        raise bad_images_error(bad)
+    slots = list(extractors)
+    jobs = [Job(extractors[s], FeatureCache(extractors[s].fingerprint, cache_root), [it.key for it in items])
+            for s in slots]
+    values, unreadable = run_jobs(jobs, [it.path for it in items], skip_bad=skip_bad, progress=progress,
+                                  desc="reference features")
+    bad += unreadable
+    ok = [it.key for it in items if all(it.key in v for v in values)]
+    if len(ok) < 2:
+        raise UserError(f"reference {source}: {len(ok)} readable image(s); at least 2 are needed")
+    feats = {s: np.stack([v[k] for k in ok]) for s, v in zip(slots, values)}
+    return feats, [f"skipped unreadable image {e.path}: {e.reason}" for e in bad]
 
 
 def build_reference(source: str | Path, out: str | Path, inception, cache_root: str | Path | None,
                     clip=None, skip_bad: bool = False, progress: bool = False) -> Reference:
     """Compute reference statistics of the images in `source` and write them to `out` (.npz, atomically)."""
-    items = image_items(source)
-    if len(items) < 2:
-        raise UserError(f"{source}: found {len(items)} image(s); a reference needs at least 2")
-    ext = extract_images(inception, items, FeatureCache(inception.fingerprint, cache_root), skip_bad=skip_bad,
-                         progress=progress, desc="reference features")
-    pool = ext.feats[:, :POOL_DIM]
-    if pool.shape[0] < 2:
-        raise UserError(f"{source}: fewer than 2 readable images")
+    extractors = {"inception": inception, **({"clip": clip} if clip is not None else {})}
+    feats, warnings = reference_features(source, extractors, cache_root, skip_bad, progress)
+    pool = feats["inception"][:, :POOL_DIM]
     mu, sigma = gaussian_stats(pool)
-    warnings = [f"skipped unreadable image {e.path}: {e.reason}" for e in ext.bad]
     if pool.shape[0] < POOL_DIM:
         warnings.append(f"n = {pool.shape[0]} < {POOL_DIM} features: the covariance is rank-deficient")
     ref = Reference(mu, sigma, pool.shape[0], inception.fingerprint, str(source), features=pool.astype(np.float32),
                     warnings=warnings)
     if clip is not None:
-        cext = extract_images(clip, items, FeatureCache(clip.fingerprint, cache_root), skip_bad=True,
-                              progress=progress, desc="reference CLIP features")
-        ref.clip_features = cext.feats.astype(np.float32)
+        ref.clip_features = feats["clip"].astype(np.float32)
         ref.clip_protocol = clip.fingerprint
     write_reference(ref, out)
     return ref
+
+
+def synthetic_reference_images(n: int, seed: int = 0, size: int = 64) -> Path:
+    """A folder of `n` seeded structured images (coarse colour noise upsampled, plus fine noise), built once."""
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from k3eval.utils import cache_dir
+
+    folder = cache_dir() / "reference_images" / f"synthetic-{n}-seed{seed}-{size}px"
+    if (folder / ".complete").exists():
+        return folder
+    g = torch.Generator().manual_seed(seed)
+    x = F.interpolate(torch.rand(n, 3, 6, 6, generator=g) * 255, size=(size, size), mode="bilinear",
+                      align_corners=False)
+    x = (x + torch.randn(x.shape, generator=g) * 12).clamp(0, 255).round().to(torch.uint8)
+    for i, a in enumerate(x.permute(0, 2, 3, 1).numpy()):
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(a)).save(buf, format="PNG")
+        atomic_write_bytes(folder / f"{i:05d}.png", buf.getvalue())
+    (folder / ".complete").write_text("ok\n")
+    return folder
 
 
 def write_reference(ref: Reference, out: str | Path) -> None:

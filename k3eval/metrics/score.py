@@ -1,7 +1,9 @@
 """`k3eval score`: every requested metric of one run folder, written to RUN/scores/ (format: docs/FORMATS.md).
 
-Flow: manifest rows with status ok -> cached features (Inception, CLIP image and text) -> metric values overall and
-per category, with intervals and the protocol fingerprint -> `scores/per_image.parquet` + `scores/summary.json`.
+The stage drives the registry (`k3eval.metrics.registry`, interface in `k3eval.metrics.api`): status-ok manifest
+rows -> every image verified (present, sha256 as it is now) -> the needs of the requested metrics, each distinct
+extractor run once over the images through the feature cache -> the reference, when a metric compares with one ->
+each metric's `compute` -> `scores/per_image.parquet` + `scores/summary.json`.
 """
 
 from __future__ import annotations
@@ -15,30 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from k3eval.errors import UserError, did_you_mean
-from k3eval.metrics.cache import FeatureCache, default_root
-from k3eval.metrics.extract import (
-    ClipImageExtractor,
-    ImageItem,
-    InceptionExtractor,
-    extract_images,
-    extract_texts,
-)
-from k3eval.metrics.inception import POOL_DIM
-from k3eval.metrics.reference import row_sha256
+from k3eval.errors import UserError
+from k3eval.metrics.cache import FeatureCache, default_root, fingerprint_key
 from k3eval.utils import atomic_write_bytes, atomic_write_json, now_iso, package_versions
 
-# name -> (display name, higher is better, unit). The report reads these from summary.json, never from here.
-METRICS: dict[str, tuple[str, bool, str]] = {
-    "clip_score": ("CLIP score", True, ""),
-    "fid": ("FID", False, ""),
-    "kid": ("KID", False, ""),
-    "is": ("Inception score", True, ""),
-    "cmmd": ("CMMD", False, ""),
-}
-NEEDS_REFERENCE = ("fid", "kid", "cmmd")
 SCORES_VERSION = 1
-
 
 @dataclass
 class ScoreOptions:
@@ -68,7 +51,10 @@ class ScoreOptions:
     dtype: str = "float32"
     cache: str | None = "default"
     progress: bool = False
-    extra_warnings: list[str] = field(default_factory=list)
+    #: per metric name, its settings (`--set NAME.KEY=VALUE`, `metrics.settings` in a benchmark)
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: recorded with every metric that compares with the reference (e.g. "the reference is synthetic")
+    reference_warnings: list[str] = field(default_factory=list)
 
     def cache_root(self) -> Path | None:
         if self.cache is None:
@@ -77,285 +63,173 @@ class ScoreOptions:
 
 
 def parse_metrics(names: list[str] | None, have_reference: bool) -> list[str]:
-    """Validate metric names; by default CLIP score and IS, plus FID, KID and CMMD when a reference is given."""
+    """Validate metric names (in registry order); by default every metric marked `default` that needs no reference,
+    plus those that do (FID, KID, CMMD) when a reference is given."""
+    from k3eval.metrics.registry import get_metric, metric_names
+
+    if names is None:
+        return [m for m in metric_names() if get_metric(m).default and (have_reference or not get_metric(m).reference)]
     if not names:
-        return [m for m in METRICS if have_reference or m not in NEEDS_REFERENCE]
+        raise UserError(f"--metrics: no metric named; give comma-separated names from {', '.join(metric_names())}, "
+                        "or leave the option out for the defaults")
     for m in names:
-        if m not in METRICS:
-            raise UserError(f"--metrics: unknown metric '{m}'{did_you_mean(m, METRICS)}")
-    need = [m for m in names if m in NEEDS_REFERENCE]
+        get_metric(m)
+    need = [m for m in names if get_metric(m).reference]
     if need and not have_reference:
         raise UserError(f"--metrics: {', '.join(need)} compare with reference images: pass --reference REF.npz (see "
-                        "`k3eval reference build`) or a folder of reference images")
-    return list(dict.fromkeys(names))
+                        "`k3eval reference build`), a folder of reference images, or synthetic:N for a test")
+    return [m for m in metric_names() if m in names]
 
 
-def _weights_warning(fp: dict[str, Any], what: str) -> list[str]:
-    if fp.get("synthetic_weights"):
-        return [f"{what} computed with synthetic (seeded random, non-standard) weights: for testing the pipeline "
-                "only, not comparable with any published number"]
-    if fp.get("standard_weights") is False:
-        return [f"{what} computed with non-standard Inception weights (sha256 {fp.get('sha256', '')[:12]}...): "
-                "not comparable with numbers computed with the official file"]
-    return []
+def build_metrics(opts: ScoreOptions) -> list:
+    """The requested metrics, instantiated with their settings (unknown names and settings are UserErrors)."""
+    from k3eval.metrics.registry import get_metric
+
+    names = parse_metrics(opts.metrics, opts.reference is not None)
+    stray = sorted(set(opts.settings) - set(names))
+    if stray:
+        raise UserError(f"--set {stray[0]}.*: '{stray[0]}' is not among the metrics scored ({', '.join(names)})")
+    return [get_metric(n)(opts.settings.get(n)) for n in names]
 
 
-def _entry(name: str, value: float | None, n: int, protocol: dict, ci=None, ci_method=None, warnings=None,
-           per_category=None, **extra) -> dict[str, Any]:
-    display, hib, unit = METRICS[name]
-    return {"display_name": display, "higher_is_better": hib, "unit": unit,
-            "value": None if value is None or not np.isfinite(value) else float(value),
-            "ci": None if ci is None or not np.all(np.isfinite(ci)) else [float(ci[0]), float(ci[1])],
-            "ci_method": ci_method if ci is not None else None, "n": int(n), "protocol": protocol,
-            "warnings": list(warnings or []), "per_category": per_category or {}, **extra}
+def check_options(opts: ScoreOptions, reference_made_later: bool = False) -> list:
+    """Everything about the options that can be checked without images: protocol, dtype, metric names and settings,
+    the reference's form and (unless a benchmark stage makes it later) existence. Returns the metric objects.
+    Nothing is loaded."""
+    from k3eval.metrics.options import check_dtype, check_protocol, parse_synthetic
 
-
-def _category_entry(value, n, ci=None, flag=None) -> dict[str, Any]:
-    ok = value is not None and np.isfinite(value)
-    return {"value": float(value) if ok else None,
-            "ci": [float(ci[0]), float(ci[1])] if ci is not None and np.all(np.isfinite(ci)) else None,
-            "n": int(n), "flag": flag}
-
-
-def _set_bootstrap(stat, n: int, groups, resamples: int, seed: int):
-    """Percentile interval of a set metric by resampling prompts (all images of a prompt together)."""
-    from k3eval.stats import bootstrap_ci
-
-    if resamples <= 0 or n < 2:
-        return None
-    return bootstrap_ci(np.arange(n, dtype=np.float64), groups=groups,
-                        stat=lambda idx: stat(idx.astype(np.int64)), n_resamples=resamples, seed=seed)
+    check_protocol(opts.protocol)
+    check_dtype(opts.dtype)
+    metrics = build_metrics(opts)
+    if opts.reference is not None and parse_synthetic(opts.reference, "--reference") is None \
+            and not reference_made_later and not Path(opts.reference).exists():
+        raise UserError(f"--reference: not found: {opts.reference} (give a .npz from `k3eval reference build`, a "
+                        "folder of images, or synthetic:N)")
+    return metrics
 
 
 def score_run(run_dir: str | Path, opts: ScoreOptions) -> dict[str, Any]:
     """Score one run folder; writes scores/per_image.parquet and scores/summary.json and returns the summary."""
-    from k3eval.metrics import functional as F
-    from k3eval.metrics.preprocess import check_protocol
-    from k3eval.metrics.reference import protocol_mismatch
-    from k3eval.metrics.weights import resolve_inception_weights
+    from k3eval.metrics.api import ScoreContext, ScoreData
     from k3eval.runs import load_run
 
-    check_protocol(opts.protocol)
+    metrics = check_options(opts)
     run = load_run(run_dir)
     info = run.read_info()
-    rows = run.ok_rows()
+    rows = run.ok_rows().reset_index(drop=True)
     if len(rows) < 2:
         raise UserError(f"{run.path}: {len(rows)} image(s) with status ok; scoring needs at least 2")
-    rows = rows.reset_index(drop=True)
-    metrics = parse_metrics(opts.metrics, opts.reference is not None)
+    ctx = ScoreContext(opts)
+    needs = {m.name: m.needs(ctx) for m in metrics}
     root = opts.cache_root()
-    warnings_all: list[str] = list(opts.extra_warnings)
-
-    recs = rows.to_dict("records")
-    items = [ImageItem(row_sha256(run, r), run.image_path(r)) for r in recs]
-    versions = package_versions(["open-clip-torch", "Pillow"])
-
-    need_inception = any(m in metrics for m in ("fid", "kid", "is"))
-    need_clip = "clip_score" in metrics
-    if _distributed_prepass(opts, items, root, metrics):
+    rows, keys, skipped, stage_warnings = _verified(run, rows, root, opts.skip_bad)
+    distinct: dict[tuple, Any] = {}
+    for nd in (nd for ns in needs.values() for nd in ns.values()):
+        distinct.setdefault(_need_key(nd), nd)
+    if _distributed_prepass(opts, _jobs(distinct, rows, keys, root), _paths(run, rows)):
         return {}
-    inception = clip = cmmd_ext = None
-    bad_paths: set[str] = set()
-    keep = np.ones(len(rows), dtype=bool)
-    pool = logits = None
-    if need_inception:
-        inception = InceptionExtractor(resolve_inception_weights(opts.inception_weights), opts.protocol,
-                                       opts.device, opts.batch_size, opts.dtype)
-        ext = extract_images(inception, items, FeatureCache(inception.fingerprint, root), opts.skip_bad,
-                             opts.progress, desc="Inception features")
-        bad_paths |= {str(e.path) for e in ext.bad}
-        by_key = dict(zip(ext.keys, ext.feats))
-    if need_clip:
-        clip = ClipImageExtractor(opts.clip_backend, opts.clip_model, opts.clip_pretrained, opts.device,
-                                  opts.batch_size)
-        cext = extract_images(clip, items, FeatureCache(clip.fingerprint, root), opts.skip_bad, opts.progress,
-                              desc="CLIP features")
-        bad_paths |= {str(e.path) for e in cext.bad}
-        clip_by_key = dict(zip(cext.keys, cext.feats))
-    if "cmmd" in metrics:
-        same = (opts.cmmd_model, opts.cmmd_pretrained) == (opts.clip_model, opts.clip_pretrained) \
-            and opts.clip_backend == "open_clip"
-        cmmd_ext = clip if same and clip is not None else ClipImageExtractor(
-            "open_clip", opts.cmmd_model, opts.cmmd_pretrained, opts.device, opts.batch_size)
-        mext = extract_images(cmmd_ext, items, FeatureCache(cmmd_ext.fingerprint, root), opts.skip_bad,
-                              opts.progress, desc="CMMD CLIP features")
-        bad_paths |= {str(e.path) for e in mext.bad}
-        cmmd_by_key = dict(zip(mext.keys, mext.feats))
-    for i, it in enumerate(items):
-        keep[i] = str(it.path) not in bad_paths
-    if bad_paths:
-        warnings_all += [f"skipped unreadable image {p}" for p in sorted(bad_paths)]
-    rows = rows[keep].reset_index(drop=True)
-    items = [it for it, k in zip(items, keep) if k]
+    values, readable, bad = _extract(distinct, rows, keys, _paths(run, rows), root, opts)
+    if bad:
+        skipped += [{"path": str(e.path), "reason": e.reason} for e in bad]
+        stage_warnings += [f"skipped unreadable image {e.path} ({e.reason})" for e in bad]
+        rows = rows[readable].reset_index(drop=True)
+        keys = [k for k, ok in zip(keys, readable) if ok]
     if len(rows) < 2:
         raise UserError(f"{run.path}: fewer than 2 readable images left after skipping unreadable ones")
-    groups = rows["prompt_id"].astype(str).to_numpy()
-    cats = rows["category"].fillna("").astype(str).to_numpy()
-    categories = sorted(set(cats) - {""})
+    values.update(_text_values(distinct, rows, root))
 
-    if inception is not None:
-        allf = np.stack([by_key[it.key] for it in items])
-        pool, logits = allf[:, :POOL_DIM], allf[:, POOL_DIM:]
+    reference, ref_warnings = None, []
+    slots = {m.reference: needs[m.name][m.reference].extractor for m in metrics if m.reference}
+    if slots:
+        reference, ref_warnings = _resolve_reference(opts, slots, root)
 
-    ref = None
-    if any(m in NEEDS_REFERENCE for m in metrics):
-        ref = _resolve_reference(opts, inception, cmmd_ext if "cmmd" in metrics else None, root)
-        if inception is not None:
-            diffs = protocol_mismatch(inception.fingerprint, ref.protocol)
-            if diffs:
-                msg = f"reference {ref.source} was computed under another protocol ({'; '.join(diffs)})"
-                if not opts.allow_protocol_mismatch:
-                    raise UserError(msg + "; FID/KID against it would not be comparable. Rebuild the reference with "
-                                    "the same --protocol and weights, or pass --allow-protocol-mismatch (recorded)")
-                warnings_all.append(msg + " (--allow-protocol-mismatch)")
-
-    base_proto = {"device": opts.device, "versions": versions}
-    n = len(rows)
-    out: dict[str, Any] = {}
+    base_proto = {"device": opts.device, "versions": package_versions(["open-clip-torch", "Pillow"])}
     per_image = rows[["prompt_id", "sample", "category", "path"]].copy()
-    per_image["sha256"] = [it.key for it in items]
-
-    if "clip_score" in metrics:
-        img = np.stack([clip_by_key[it.key] for it in items])
-        texts = rows["prompt"].astype(str).tolist()
-        txt = extract_texts(clip.text_extractor(), texts, FeatureCache(clip.text_extractor().fingerprint, root))
-        cos = F.clip_cosine(img, txt)
-        scores = 100.0 * np.maximum(cos, 0.0)
-        trunc = clip.truncated(texts)
-        per_image["clip_score"] = scores
-        per_image["clip_cosine"] = cos
-        per_image["clip_truncated"] = trunc
-        from k3eval.stats import bootstrap_ci
-
-        ci = bootstrap_ci(scores, groups=groups, n_resamples=opts.bootstrap, seed=opts.seed) \
-            if opts.bootstrap > 0 else None
-        percat = {}
-        for c in categories:
-            m = cats == c
-            cci = bootstrap_ci(scores[m], groups=groups[m], n_resamples=opts.bootstrap, seed=opts.seed) \
-                if opts.bootstrap > 0 and m.sum() >= 2 else None
-            percat[c] = _category_entry(scores[m].mean(), int(m.sum()), cci)
-        n_trunc = int(np.sum(trunc))
-        warn = _weights_warning(clip.fingerprint, "CLIP score")
-        if n_trunc:
-            warn.append(f"{n_trunc} prompt(s) longer than the text encoder's context were truncated "
-                        "(end-of-text token kept)")
-        proto = {**clip.fingerprint, "scale": 100.0, "formula": "100 * max(cos, 0) per image, then the mean",
-                 "truncation": "end-of-text token kept", "n_truncated": n_trunc, "n": n, "seed": opts.seed,
-                 **base_proto}
-        out["clip_score"] = _entry("clip_score", float(scores.mean()), n, proto, ci,
-                                   f"bootstrap over prompts, {opts.bootstrap} resamples", warn, percat,
-                                   n_truncated=n_trunc, mean_cosine_unclamped=float(cos.mean()))
-
-    if inception is not None:
-        inc_fp = inception.fingerprint
-        inc_warn = _weights_warning(inc_fp, "Inception metrics")
-        small = [f"n = {n} < {POOL_DIM} (the feature dimension): the covariance is rank-deficient and FID is biased "
-                 "upward at small n; compare FID only at equal n"] if n < POOL_DIM else []
-
-    if "fid" in metrics:
-        r1 = F.sqrtm_psd(ref.sigma) if n > POOL_DIM else None  # reused by every resample of the large-n route
-
-        def fid_of(idx):
-            if len(idx) <= POOL_DIM:
-                return F.frechet_distance_to_features(ref.mu, ref.sigma, pool[idx])
-            mu, sigma = F.gaussian_stats(pool[idx])
-            return F.frechet_distance(ref.mu, ref.sigma, mu, sigma, sqrt_sigma1=r1)
-
-        value = fid_of(np.arange(n))
-        ci = _set_bootstrap(fid_of, n, groups, opts.set_bootstrap, opts.seed)
-        percat = {}
-        for c in categories:
-            idx = np.flatnonzero(cats == c)
-            if len(idx) >= max(2, opts.min_category):
-                percat[c] = _category_entry(fid_of(idx), len(idx))
-            else:
-                percat[c] = _category_entry(None, len(idx), flag="too_small")
-        proto = {**inc_fp, "n": n, "reference": _ref_info(ref),
-                 "sqrtm": "float64 symmetric eigendecomposition (N x N Gram route when N <= 2048)",
-                 "seed": opts.seed, "min_category": opts.min_category, **base_proto}
-        out["fid"] = _entry("fid", value, n, proto, ci, f"bootstrap over prompts, {opts.set_bootstrap} resamples",
-                            inc_warn + small + ref.warnings, percat)
-
-    if "kid" in metrics:
-        if ref.features is None:
-            raise UserError(f"--reference {ref.source} holds statistics only (mu, sigma), not features: KID needs "
-                            "reference features; build it with `k3eval reference build`")
-        rf = np.asarray(ref.features, np.float64)
-
-        def kid_of(idx):
-            return F.kernel_inception_distance(rf, pool[idx], opts.kid_subsets, opts.kid_subset_size, opts.seed)
-
-        r = kid_of(np.arange(n))
-        ci = _set_bootstrap(lambda idx: kid_of(idx).mean, n, groups, opts.set_bootstrap, opts.seed)
-        percat = {}
-        for c in categories:
-            idx = np.flatnonzero(cats == c)
-            percat[c] = _category_entry(kid_of(idx).mean, len(idx)) if len(idx) >= max(2, opts.min_category) \
-                else _category_entry(None, len(idx), flag="too_small")
-        proto = {**inc_fp, "n": n, "reference": _ref_info(ref), "kernel": "(x.y/d + 1)^3", "estimator": "unbiased",
-                 "subsets": opts.kid_subsets, "subset_size": r.subset_size, "seed": opts.seed, **base_proto}
-        out["kid"] = _entry("kid", r.mean, n, proto, ci, f"bootstrap over prompts, {opts.set_bootstrap} resamples",
-                            inc_warn + ref.warnings, percat, std=r.std)
-
-    if "is" in metrics:
-        splits = min(opts.is_splits, n)
-
-        def is_of(idx):
-            return F.inception_score(logits[idx], min(splits, len(idx)), opts.seed)
-
-        r = is_of(np.arange(n))
-        ci = _set_bootstrap(lambda idx: is_of(idx).mean, n, groups, opts.set_bootstrap, opts.seed)
-        percat = {}
-        for c in categories:
-            idx = np.flatnonzero(cats == c)
-            percat[c] = _category_entry(is_of(idx).mean, len(idx)) if len(idx) >= max(2, opts.min_category) \
-                else _category_entry(None, len(idx), flag="too_small")
-        warn = list(inc_warn)
-        if splits < opts.is_splits:
-            warn.append(f"only {n} images: {splits} splits instead of {opts.is_splits}")
-        proto = {**inc_fp, "n": n, "splits": splits, "logits": "unbiased (no classifier bias)", "seed": opts.seed,
-                 **base_proto}
-        out["is"] = _entry("is", r.mean, n, proto, ci, f"bootstrap over prompts, {opts.set_bootstrap} resamples",
-                           warn, percat, std=r.std)
-
-    if "cmmd" in metrics:
-        if ref.clip_features is None:
-            raise UserError(f"--reference {ref.source} holds no CLIP embeddings: CMMD needs them; build it with "
-                            "`k3eval reference build --metrics cmmd` (or pass a folder of reference images)")
-        if ref.clip_protocol != cmmd_ext.fingerprint:
-            msg = (f"reference {ref.source} CLIP embeddings come from another model "
-                   f"({(ref.clip_protocol or {}).get('model')}/{(ref.clip_protocol or {}).get('pretrained')})")
-            if not opts.allow_protocol_mismatch:
-                raise UserError(msg + "; rebuild it with the same --cmmd-model/--cmmd-pretrained, or pass "
-                                "--allow-protocol-mismatch (recorded)")
-            warnings_all.append(msg + " (--allow-protocol-mismatch)")
-        emb = np.stack([cmmd_by_key[it.key] for it in items])
-        rc = np.asarray(ref.clip_features, np.float64)
-
-        def cmmd_of(idx):
-            return F.cmmd(rc, emb[idx])
-
-        value = cmmd_of(np.arange(n))
-        ci = _set_bootstrap(cmmd_of, n, groups, opts.set_bootstrap, opts.seed)
-        percat = {}
-        for c in categories:
-            idx = np.flatnonzero(cats == c)
-            percat[c] = _category_entry(cmmd_of(idx), len(idx)) if len(idx) >= max(2, opts.min_category) \
-                else _category_entry(None, len(idx), flag="too_small")
-        proto = {**cmmd_ext.fingerprint, "n": n, "reference": _ref_info(ref), "kernel": "Gaussian RBF, sigma 10",
-                 "scale": 1000.0, "estimator": "unbiased", "embeddings": "L2-normalised", "seed": opts.seed,
-                 **base_proto}
-        out["cmmd"] = _entry("cmmd", value, n, proto, ci, f"bootstrap over prompts, {opts.set_bootstrap} resamples",
-                             _weights_warning(cmmd_ext.fingerprint, "CMMD"), percat)
-
-    for name in out:
-        out[name]["warnings"] += warnings_all
-    return _write(run, info, rows, per_image, out, items)
+    per_image["sha256"] = keys
+    out: dict[str, Any] = {}
+    for m in metrics:
+        data = ScoreData(rows, {role: values[_need_key(nd)] for role, nd in needs[m.name].items()},
+                         {role: nd.extractor for role, nd in needs[m.name].items()}, opts, m.settings,
+                         reference if m.reference else None, ref_warnings if m.reference else [])
+        res = m.compute(data)
+        for col, v in res.per_image.items():
+            per_image[col] = v
+        out[m.name] = _entry(m, res, len(rows), base_proto, stage_warnings)
+    return _write(run, info, rows, per_image, out, keys, skipped)
 
 
-def _distributed_prepass(opts: ScoreOptions, items: list[ImageItem], root: Path | None, metrics: list[str]) -> bool:
-    """Under torchrun (WORLD_SIZE > 1) every rank featurises its share of the images into the shared feature cache;
+def _need_key(need) -> tuple:
+    """Needs with the same extractor fingerprint (and text source) are extracted once and shared."""
+    text = None if need.extractor.kind == "image" else (need.text or "prompt")
+    return need.extractor.kind, fingerprint_key(need.extractor.fingerprint), text
+
+
+def _verified(run, rows, root, skip_bad: bool):
+    """Rows whose image exists and can be read, their sha256 now, what was skipped and warnings for every metric."""
+    from k3eval.metrics.preprocess import bad_images_error
+    from k3eval.metrics.verify import verify_images
+
+    recorded = rows["sha256"].tolist() if "sha256" in rows.columns else None
+    checked = verify_images(run.path, _paths(run, rows), recorded, root)
+    warnings: list[str] = []
+    skipped: list[dict[str, str]] = []
+    if checked.bad:
+        if not skip_bad:
+            raise bad_images_error(checked.bad)
+        skipped = [{"path": str(e.path), "reason": e.reason} for e in checked.bad]
+        warnings += [f"skipped image {e.path} ({e.reason})" for e in checked.bad]
+    if checked.changed:
+        shown = ", ".join(str(p) for p in checked.changed[:5]) + (" ..." if len(checked.changed) > 5 else "")
+        warnings.append(f"{len(checked.changed)} image(s) changed on disk since they were made (sha256 differs from "
+                        f"the manifest); scored as they are now: {shown}")
+    ok = np.array([k is not None for k in checked.keys], dtype=bool)
+    return rows[ok].reset_index(drop=True), [k for k in checked.keys if k is not None], skipped, warnings
+
+
+def _jobs(distinct: dict, rows, keys: list[str], root) -> dict:
+    """need key -> Job over the rows, for the needs that read images."""
+    from k3eval.metrics.extract import Job, pair_key
+
+    jobs = {}
+    for k, need in distinct.items():
+        ext = need.extractor
+        if ext.kind == "image":
+            jobs[k] = Job(ext, FeatureCache(ext.fingerprint, root), list(keys))
+        elif ext.kind == "image_text":
+            texts = need.texts(rows)
+            jobs[k] = Job(ext, FeatureCache(ext.fingerprint, root), [pair_key(i, t) for i, t in zip(keys, texts)],
+                          texts)
+    return jobs
+
+
+def _paths(run, rows) -> list[Path]:
+    return [run.image_path(r) for r in rows.to_dict("records")]
+
+
+def _extract(distinct: dict, rows, keys: list[str], paths: list[Path], root, opts: ScoreOptions):
+    """Per image need: its values in row order (of the readable rows); which rows are readable; decoding failures."""
+    from k3eval.metrics.extract import run_jobs, stack
+
+    jobs = _jobs(distinct, rows, keys, root)
+    if not jobs:
+        return {}, np.ones(len(rows), dtype=bool), []
+    desc = ", ".join(dict.fromkeys(distinct[k].desc or "features" for k in jobs))
+    results, bad = run_jobs(list(jobs.values()), paths, opts.skip_bad, opts.progress, desc=desc)
+    readable = np.array([all(job.keys[i] in res for job, res in zip(jobs.values(), results))
+                         for i in range(len(rows))], dtype=bool)
+    values = {k: stack([res[job.keys[i]] for i in np.flatnonzero(readable)])
+              for (k, job), res in zip(jobs.items(), results)}
+    return values, readable, bad
+def _text_values(distinct: dict, rows, root) -> dict:
+    """Per text need: its values in row order, each distinct text computed once (cached by its sha256)."""
+    from k3eval.metrics.extract import extract_texts
+
+    return {k: extract_texts(nd.extractor, nd.texts(rows), FeatureCache(nd.extractor.fingerprint, root))
+            for k, nd in distinct.items() if nd.extractor.kind == "text"}
+
+
+def _distributed_prepass(opts: ScoreOptions, jobs: dict, paths: list[Path]) -> bool:
+    """Under torchrun (WORLD_SIZE > 1) every rank extracts its share of the images into the shared feature cache;
     after a barrier rank 0 scores from the cache (recomputing nothing) and the other ranks return. Returns True on
     the ranks that stop here. The cache is the gather: features land in per-writer shard files."""
     import os
@@ -363,77 +237,77 @@ def _distributed_prepass(opts: ScoreOptions, items: list[ImageItem], root: Path 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return False
-    if root is None:
+    if opts.cache_root() is None:
         raise UserError("--cache none cannot be used under torchrun: the ranks share their features through the cache")
     import torch.distributed as dist
 
-    from k3eval.metrics.weights import resolve_inception_weights
+    from k3eval.metrics.extract import Job, run_jobs
 
     if not dist.is_initialized():
         dist.init_process_group("nccl" if opts.device.startswith("cuda") else "gloo")
     rank = dist.get_rank()
-    share = items[rank::world]
-    extractors = []
-    if any(m in metrics for m in ("fid", "kid", "is")):
-        extractors.append(InceptionExtractor(resolve_inception_weights(opts.inception_weights), opts.protocol,
-                                             opts.device, opts.batch_size, opts.dtype))
-    if "clip_score" in metrics:
-        extractors.append(ClipImageExtractor(opts.clip_backend, opts.clip_model, opts.clip_pretrained, opts.device,
-                                             opts.batch_size))
-    if "cmmd" in metrics:
-        extractors.append(ClipImageExtractor("open_clip", opts.cmmd_model, opts.cmmd_pretrained, opts.device,
-                                             opts.batch_size))
-    for ext in extractors:
+    share = range(rank, len(paths), world)
+    if jobs:
+        mine = [Job(j.extractor, j.cache, [j.keys[i] for i in share],
+                    None if j.texts is None else [j.texts[i] for i in share]) for j in jobs.values()]
         # unreadable images are left for rank 0, which reports them (or skips them with --skip-bad)
-        extract_images(ext, share, FeatureCache(ext.fingerprint, root), skip_bad=True, progress=False)
+        run_jobs(mine, [paths[i] for i in share], skip_bad=True)
     dist.barrier()
     return rank != 0
 
 
-def _ref_info(ref) -> dict[str, Any]:
-    return {"source": str(ref.source), "n": ref.n, "external": ref.external, "protocol": ref.protocol.get("protocol"),
-            "sha256": ref.protocol.get("sha256")}
-
-
-def _resolve_reference(opts: ScoreOptions, inception, cmmd_ext, root):
-    """--reference is a .npz file, or a folder of images / a run folder (its statistics are computed here, cached)."""
-    from k3eval.metrics.reference import Reference, image_items, load_reference
-
-    p = Path(opts.reference)
-    if p.is_file():
-        return load_reference(p, opts.reference_protocol)
-    if not p.is_dir():
-        raise UserError(f"--reference: not found: {p} (give a .npz from `k3eval reference build` or an images folder)")
+def _resolve_reference(opts: ScoreOptions, slots: dict, root):
+    """--reference as a Reference holding the slots the metrics compare with, and the warnings that go with it: a
+    .npz file, or a folder of images / a run folder / synthetic:N (features extracted here, cached)."""
     from k3eval.metrics.functional import gaussian_stats
+    from k3eval.metrics.inception import POOL_DIM
+    from k3eval.metrics.options import parse_synthetic, synthetic_reference_warning
+    from k3eval.metrics.reference import Reference, load_reference, reference_features, synthetic_reference_images
 
-    ritems = image_items(p)
-    if len(ritems) < 2:
-        raise UserError(f"--reference: {p} holds {len(ritems)} image(s); at least 2 are needed")
-    ref = None
-    if inception is not None:
-        ext = extract_images(inception, ritems, FeatureCache(inception.fingerprint, root), opts.skip_bad,
-                             opts.progress, desc="reference features")
-        feats = ext.feats[:, :POOL_DIM]
-        mu, sigma = gaussian_stats(feats)
-        ref = Reference(mu, sigma, feats.shape[0], inception.fingerprint, str(p), features=feats)
-    if cmmd_ext is not None:
-        cext = extract_images(cmmd_ext, ritems, FeatureCache(cmmd_ext.fingerprint, root), opts.skip_bad,
-                              opts.progress, desc="reference CLIP features")
-        if ref is None:
-            ref = Reference(np.zeros(POOL_DIM), np.zeros((POOL_DIM, POOL_DIM)), len(cext.keys), {}, str(p))
-        ref.clip_features = cext.feats
-        ref.clip_protocol = cmmd_ext.fingerprint
-    return ref
+    warnings = list(opts.reference_warnings)
+    n = parse_synthetic(opts.reference, "--reference")
+    if n is not None:
+        p = synthetic_reference_images(n)
+        warnings.append(synthetic_reference_warning(n))
+    else:
+        p = Path(opts.reference)
+    if p.is_file():
+        return load_reference(p, opts.reference_protocol), warnings
+    feats, skipped = reference_features(p, slots, root, opts.skip_bad, opts.progress)
+    warnings += skipped
+    if "inception" in feats:
+        pool = feats["inception"][:, :POOL_DIM]
+        mu, sigma = gaussian_stats(pool)
+        ref = Reference(mu, sigma, pool.shape[0], slots["inception"].fingerprint, str(p), features=pool)
+    else:
+        ref = Reference(np.zeros(POOL_DIM), np.zeros((POOL_DIM, POOL_DIM)), len(feats["clip"]), {}, str(p))
+    if "clip" in feats:
+        ref.clip_features = feats["clip"]
+        ref.clip_protocol = slots["clip"].fingerprint
+    return ref, warnings
+
+
+def _entry(metric, res, n: int, base_proto: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
+    """The summary.json entry of one metric (docs/FORMATS.md)."""
+    finite_ci = res.ci is not None and bool(np.all(np.isfinite(res.ci)))
+    value = res.value
+    return {"display_name": metric.display_name, "higher_is_better": metric.higher_is_better, "unit": metric.unit,
+            "value": None if value is None or not np.isfinite(value) else float(value),
+            "ci": [float(res.ci[0]), float(res.ci[1])] if finite_ci else None,
+            "ci_method": res.ci_method if finite_ci else None, "n": int(res.n if res.n is not None else n),
+            "protocol": {**res.protocol, **base_proto}, "warnings": [*res.warnings, *warnings],
+            "per_category": res.per_category, **res.extra}
 
 
 def images_digest(keys: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
 
 
-def _write(run, info, rows, per_image, metrics: dict[str, Any], items) -> dict[str, Any]:
+def _write(run, info, rows, per_image, metrics: dict[str, Any], keys: list[str],
+           skipped: list[dict[str, str]]) -> dict[str, Any]:
     """Write per_image.parquet and summary.json. Metrics not recomputed now are kept from an earlier summary when
     the scored images are the same (same digest of their sha256s); otherwise they are dropped."""
-    digest = images_digest([it.key for it in items])
+    digest = images_digest(keys)
     summary_path = run.scores_dir / "summary.json"
     per_image_path = run.scores_dir / "per_image.parquet"
     old_metrics: dict[str, Any] = {}
@@ -460,6 +334,7 @@ def _write(run, info, rows, per_image, metrics: dict[str, Any], items) -> dict[s
         "created": now_iso(),
         "n_images": len(rows),
         "images_digest": digest,
+        "skipped": skipped,
         "synthetic_weights": synthetic,
         "metrics": merged,
     }

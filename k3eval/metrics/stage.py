@@ -8,6 +8,7 @@ metrics:
   clip: {backend: open_clip, model: ViT-L-14, pretrained: openai}
   cmmd: {model: ViT-L-14-336, pretrained: openai}
   reference: path/to/ref.npz                   # or an images folder, run:<run name>, or synthetic:N (demo only)
+  settings: {}                                 # per metric, its own options: {geneval: {detector: ...}}
   reference_protocol: null                     # declare the protocol of an external .npz
   bootstrap: 1000
   set_bootstrap: 0
@@ -21,11 +22,15 @@ without any real images, and the numbers mean nothing (every summary says so).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
 from k3eval.config import Strict, resolve_relative, validate_section
 from k3eval.errors import UserError
+
+if TYPE_CHECKING:
+    from k3eval.metrics.score import ScoreOptions
 
 
 class ClipSection(Strict):
@@ -58,47 +63,18 @@ class MetricsSection(Strict):
     skip_bad: bool = False
     device: str | None = None
     batch_size: int = Field(default=32, ge=1)
+    settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
-def synthetic_reference_images(n: int, seed: int = 0, size: int = 64) -> Path:
-    """A folder of `n` seeded structured images (coarse colour noise upsampled, plus fine noise), built once."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-    from PIL import Image
+def resolve_reference(spec: str | None, ctx) -> str | None:
+    """The reference of the section as `score` takes it: a path (relative to the benchmark file), a run folder of
+    this benchmark for `run:NAME`, or `synthetic:N` as it is (checked here)."""
+    from k3eval.metrics.options import parse_synthetic
 
-    from k3eval.utils import atomic_write_bytes, cache_dir
-
-    folder = cache_dir() / "reference_images" / f"synthetic-{n}-seed{seed}-{size}px"
-    if (folder / ".complete").exists():
-        return folder
-    g = torch.Generator().manual_seed(seed)
-    x = F.interpolate(torch.rand(n, 3, 6, 6, generator=g) * 255, size=(size, size), mode="bilinear",
-                      align_corners=False)
-    x = (x + torch.randn(x.shape, generator=g) * 12).clamp(0, 255).round().to(torch.uint8)
-    import io
-
-    for i, a in enumerate(x.permute(0, 2, 3, 1).numpy()):
-        buf = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(a)).save(buf, format="PNG")
-        atomic_write_bytes(folder / f"{i:05d}.png", buf.getvalue())
-    (folder / ".complete").write_text("ok\n")
-    return folder
-
-
-def resolve_reference(spec: str | None, ctx) -> tuple[str | None, list[str]]:
-    """The reference of the section as a path, and warnings to record with every metric that uses it."""
     if spec is None:
-        return None, []
-    if spec.startswith("synthetic:"):
-        try:
-            n = int(spec.split(":", 1)[1])
-        except ValueError:
-            n = 0
-        if n < 2:
-            raise UserError(f"{ctx.source}: metrics.reference: 'synthetic:N' needs an integer N >= 2, got {spec!r}")
-        return str(synthetic_reference_images(n)), [
-            f"reference is {n} synthetic seeded images (demo only): FID, KID and CMMD values mean nothing"]
+        return None
+    if parse_synthetic(spec, f"{ctx.source}: metrics.reference") is not None:
+        return spec
     if spec.startswith("run:"):
         name = spec[4:]
         runs = ctx.run_dirs()
@@ -106,29 +82,41 @@ def resolve_reference(spec: str | None, ctx) -> tuple[str | None, list[str]]:
             from k3eval.errors import did_you_mean
 
             raise UserError(f"{ctx.source}: metrics.reference: no run named '{name}'{did_you_mean(name, runs)}")
-        return str(runs[name]), []
-    return str(resolve_relative(ctx.source, spec)), []
+        return str(runs[name])
+    return str(resolve_relative(ctx.source, spec))
 
 
-def run_stage(ctx) -> None:
-    """Score every run folder of the benchmark; ctx.outputs['score'] maps run name -> summary.json path."""
-    from k3eval.metrics.cli import format_summary
-    from k3eval.metrics.score import ScoreOptions, score_run
+def score_options(ctx) -> ScoreOptions:
+    """The benchmark's `metrics:` section as score options, checked whole (names, settings, reference form) without
+    loading anything: a mistake there is found before any stage runs."""
+    from k3eval.metrics.score import ScoreOptions, check_options
 
     sec: MetricsSection = validate_section(str(ctx.source), "metrics", MetricsSection, ctx.spec.metrics)
-    reference, warnings = resolve_reference(sec.reference, ctx)
     weights = sec.inception_weights
     if weights and weights != "synthetic":
         weights = str(resolve_relative(ctx.source, weights))
     opts = ScoreOptions(
-        metrics=sec.metrics, reference=reference, reference_protocol=sec.reference_protocol, protocol=sec.protocol,
-        inception_weights=weights, clip_backend=sec.clip.backend, clip_model=sec.clip.model,
+        metrics=sec.metrics, reference=resolve_reference(sec.reference, ctx), reference_protocol=sec.reference_protocol,
+        protocol=sec.protocol, inception_weights=weights, clip_backend=sec.clip.backend, clip_model=sec.clip.model,
         clip_pretrained=sec.clip.pretrained, cmmd_model=sec.cmmd.model, cmmd_pretrained=sec.cmmd.pretrained,
         bootstrap=sec.bootstrap, set_bootstrap=sec.set_bootstrap, seed=sec.seed, kid_subsets=sec.kid_subsets,
         kid_subset_size=sec.kid_subset_size, is_splits=sec.is_splits, min_category=sec.min_category,
         skip_bad=sec.skip_bad, allow_protocol_mismatch=sec.allow_protocol_mismatch,
         device=sec.device or ctx.spec.device, batch_size=sec.batch_size, progress=ctx.progress,
-        extra_warnings=warnings)
+        settings=sec.settings)
+    try:
+        check_options(opts, reference_made_later=(sec.reference or "").startswith("run:"))
+    except UserError as e:
+        raise UserError(f"{ctx.source}: metrics: {e}") from None
+    return opts
+
+
+def run_stage(ctx) -> None:
+    """Score every run folder of the benchmark; ctx.outputs['score'] maps run name -> summary.json path."""
+    from k3eval.metrics.cli import format_summary
+    from k3eval.metrics.score import score_run
+
+    opts = score_options(ctx)
     done = {}
     for name, path in ctx.run_dirs().items():
         if not (Path(path) / "run.json").exists():

@@ -21,7 +21,9 @@ from k3eval.metrics.weights import resolve_inception_weights
 
 def _ours(folder, weights, protocol):
     ext = InceptionExtractor(resolve_inception_weights(str(weights)), protocol, batch_size=16)
-    return extract_images(ext, image_items(folder), FeatureCache(ext.fingerprint, None)).feats
+    items, bad = image_items(folder)
+    assert not bad
+    return extract_images(ext, items, FeatureCache(ext.fingerprint, None)).feats
 
 
 @pytest.fixture(scope="module")

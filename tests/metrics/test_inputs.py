@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from k3eval.errors import UserError
-from k3eval.metrics.preprocess import BadImageError, check_protocol, inception_input, load_rgb8
+from k3eval.metrics.options import check_protocol
+from k3eval.metrics.preprocess import BadImageError, inception_input, load_rgb8
 from k3eval.metrics.weights import load_inception_state, resolve_inception_weights
 
 

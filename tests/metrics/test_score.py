@@ -195,3 +195,97 @@ def test_unknown_metric_and_missing_reference_are_user_errors(setup, capsys):
     assert "did you mean 'fid'" in capsys.readouterr().err
     assert main(["score", str(setup["run"]), "--metrics", "kid", "--quiet"]) == 2
     assert "--reference" in capsys.readouterr().err
+
+
+@pytest.fixture
+def scored_copy(setup, tmp_path):
+    """A copy of the run, scored once (IS and CLIP score), so that rescoring finds every feature cached."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(setup["run"], run_dir)
+    shutil.rmtree(run_dir / "scores", ignore_errors=True)
+    assert _score(setup, "--metrics", "is,clip_score", "--is-splits", "2", run=run_dir) == 0
+    return run_dir
+
+
+def _summary(run_dir):
+    return json.loads((run_dir / "scores" / "summary.json").read_text())
+
+
+def test_a_deleted_image_is_an_error_naming_it_unless_skipped(setup, scored_copy, capsys):
+    before = _summary(scored_copy)
+    gone = scored_copy / "images" / "p003" / "1.png"
+    gone.unlink()
+    capsys.readouterr()
+    assert _score(setup, "--metrics", "is,clip_score", "--is-splits", "2", run=scored_copy) == 2
+    err = capsys.readouterr().err
+    assert "p003/1.png (file not found)" in err and "--skip-bad" in err
+    assert _summary(scored_copy) == before  # nothing rewritten
+    assert _score(setup, "--metrics", "is,clip_score", "--is-splits", "2", "--skip-bad", run=scored_copy) == 0
+    after = _summary(scored_copy)
+    assert after["n_images"] == 11 and after["metrics"]["is"]["n"] == 11
+    assert after["skipped"] == [{"path": str(gone), "reason": "file not found"}]
+    assert any("p003/1.png" in w for w in after["metrics"]["clip_score"]["warnings"])
+    assert after["metrics"]["clip_score"]["value"] != before["metrics"]["clip_score"]["value"]
+    per = pd.read_parquet(scored_copy / "scores" / "per_image.parquet")
+    assert len(per) == 11 and not ((per["prompt_id"] == "p003") & (per["sample"] == 1)).any()
+
+
+def test_a_truncated_image_is_never_scored_with_its_old_features(setup, scored_copy, capsys):
+    cut = scored_copy / "images" / "p002" / "0.png"
+    cut.write_bytes(cut.read_bytes()[:300])  # the manifest still records the old sha256
+    capsys.readouterr()
+    assert _score(setup, "--metrics", "is,clip_score", "--is-splits", "2", run=scored_copy) == 2
+    assert "p002/0.png (cannot decode" in capsys.readouterr().err
+    assert _score(setup, "--metrics", "is,clip_score", "--is-splits", "2", "--skip-bad", run=scored_copy) == 0
+    after = _summary(scored_copy)
+    assert after["n_images"] == 11 and after["skipped"][0]["path"] == str(cut)
+
+
+def test_a_replaced_image_is_re_extracted(setup, scored_copy, monkeypatch):
+    from PIL import Image
+
+    from k3eval.utils import sha256_file
+
+    before = _summary(scored_copy)
+    swapped = scored_copy / "images" / "p004" / "0.png"
+    Image.fromarray(smooth_images(1, 48, seed=123)[0]).save(swapped)  # a valid PNG, manifest not updated
+    counted = []
+    real = InceptionExtractor.run
+    monkeypatch.setattr(InceptionExtractor, "run", lambda self, batch: counted.append(len(batch)) or real(self, batch))
+    assert _score(setup, "--metrics", "is,clip_score", "--is-splits", "2", run=scored_copy) == 0
+    assert sum(counted) == 1  # that image only
+    after = _summary(scored_copy)
+    assert after["n_images"] == 12 and after["images_digest"] != before["images_digest"]
+    assert after["metrics"]["clip_score"]["value"] != before["metrics"]["clip_score"]["value"]
+    assert any("1 image(s) changed on disk" in w and "p004/0.png" in w for w in after["metrics"]["is"]["warnings"])
+    per = pd.read_parquet(scored_copy / "scores" / "per_image.parquet").set_index(["prompt_id", "sample"])
+    assert per.loc[("p004", 0), "sha256"] == sha256_file(swapped)
+
+
+def test_unchanged_images_are_not_hashed_again(setup, scored_copy, monkeypatch):
+    import os
+
+    from k3eval.metrics import verify
+
+    hashed = []
+    real = verify.sha256_file
+    monkeypatch.setattr(verify, "sha256_file", lambda p: hashed.append(p) or real(p))
+    assert _score(setup, "--metrics", "is", "--is-splits", "2", run=scored_copy) == 0
+    assert hashed == []  # size and mtime as recorded at the first score
+    touched = scored_copy / "images" / "p000" / "0.png"
+    st = touched.stat()
+    os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert _score(setup, "--metrics", "is", "--is-splits", "2", run=scored_copy) == 0
+    assert hashed == [touched]
+
+
+def test_reference_synthetic_on_the_command_line(setup, tmp_path):
+    run = make_run(tmp_path / "run", n_prompts=3, samples=1, seed=12)
+    assert main(["score", str(run), "--metrics", "fid,is", "--reference", "synthetic:5", "--inception-weights",
+                 setup["w"], "--is-splits", "2", "--quiet"]) == 0
+    fid = _summary(run)["metrics"]["fid"]
+    assert fid["protocol"]["reference"]["n"] == 5
+    assert any("synthetic seeded images" in w for w in fid["warnings"])
+    assert not any("synthetic seeded images" in w for w in _summary(run)["metrics"]["is"]["warnings"])

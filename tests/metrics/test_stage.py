@@ -33,6 +33,7 @@ def test_stage_scores_every_run_with_a_synthetic_reference(tmp_path, inception_w
         m = json.loads(Path(path).read_text())["metrics"]
         assert set(m) == {"fid", "is"}
         assert any("synthetic seeded images" in w for w in m["fid"]["warnings"])
+        assert not any("synthetic seeded images" in w for w in m["is"]["warnings"])
         assert m["fid"]["protocol"]["reference"]["n"] == 4
 
 
@@ -43,3 +44,20 @@ def test_stage_section_errors_name_the_key(tmp_path):
         run_stage(_ctx(tmp_path, {"reference": "synthetic:x"}))
     with pytest.raises(UserError, match="no run named 'c'"):
         run_stage(_ctx(tmp_path, {"reference": "run:c"}))
+    with pytest.raises(UserError, match="metrics: --metrics: no metric named"):
+        run_stage(_ctx(tmp_path, {"metrics": []}))
+    with pytest.raises(UserError, match="unknown metric 'fidd'; did you mean 'fid'"):
+        run_stage(_ctx(tmp_path, {"metrics": ["fidd"]}))
+    with pytest.raises(UserError, match="'toy' is not among the metrics scored"):
+        run_stage(_ctx(tmp_path, {"metrics": ["is"], "settings": {"toy": {"x": 1}}}))
+
+
+def test_section_is_checked_before_any_run_exists(tmp_path):
+    """`score_options` checks the whole section without images (for validating a benchmark before generating); a
+    run: reference is made by the generate stage, so its folder need not exist yet."""
+    from k3eval.metrics.stage import score_options
+
+    opts = score_options(_ctx(tmp_path, {"metrics": ["fid"], "reference": "run:b"}))
+    assert opts.reference == str(tmp_path / "runs" / "b") and not (tmp_path / "runs").exists()
+    with pytest.raises(UserError, match="--reference: not found"):
+        score_options(_ctx(tmp_path, {"metrics": ["fid"], "reference": "refs/missing.npz"}))

@@ -100,4 +100,12 @@ def test_cli_simulate_then_stats(two_runs, sqlite_url, tmp_path, capsys):
     assert main(["sbs", "stats", "cli", "--db", sqlite_url, "--exclude-flagged", "--resamples", "50", "--out",
                  str(out_dir)]) == 0
     assert (out_dir / "preference_excluding_flagged.csv").exists() and (out_dir / "preference.csv").exists()
+    assert "flagged annotators" in capsys.readouterr().out
+    assert main(["sbs", "stats", "cli", "--db", sqlite_url, "--two-level", "--resamples", "50", "--out",
+                 str(tmp_path / "two")]) == 0
+    import json
+
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["two_level"] and "annotators" in summary["bootstrap"] and "bootstrap test" in summary["test"]
+    assert summary["comparisons"] == ["model-alpha vs model-beta"]
     assert main(["sbs", "simulate", "nope", "--db", sqlite_url]) == 2

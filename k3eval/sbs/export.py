@@ -89,7 +89,8 @@ def votes_frame(study, db_url: str | None = None):
 def study_info(study, db_url: str | None = None) -> dict[str, Any]:
     """Facts about a study: name, questions, runs {name: path}, prompt_set, prompt_set_hash, created (ISO),
     simulated (the study was made by simulation or holds simulated votes), n_items (regular + gold), n_annotators,
-    overlap, plus comparisons, reference, seed, gold, repeats, n_gold, n_repeats, n_votes."""
+    overlap, plus comparisons, reference, seed, gold, repeats, n_gold, n_repeats, n_votes, n_expected_votes (every
+    assignment x question: the votes of a complete study)."""
     name = _study_name(study)
     url = normalize_url(db_url or getattr(study, "db_url", None))
     engine = get_engine(url)
@@ -103,6 +104,7 @@ def study_info(study, db_url: str | None = None) -> dict[str, Any]:
         n_votes = s.scalar(select(func.count()).select_from(Vote).where(Vote.study_id == st.id))
         any_sim = s.scalar(select(func.count()).select_from(Vote).where(Vote.study_id == st.id,
                                                                         Vote.simulated.is_(True)))
+        n_assigned = s.scalar(select(func.count()).select_from(Assignment).where(Assignment.study_id == st.id))
         return {
             "name": st.name, "questions": list(st.questions), "runs": {n: p for n, p in runs},
             "prompt_set": st.prompt_set, "prompt_set_hash": st.prompt_set_hash,
@@ -111,6 +113,7 @@ def study_info(study, db_url: str | None = None) -> dict[str, Any]:
             "overlap": st.overlap, "comparisons": [tuple(c) for c in (st.info or {}).get("comparisons", [])],
             "reference": st.reference, "seed": st.seed, "gold": st.gold, "repeats": st.repeats,
             "n_gold": int(kinds.get("gold", 0)), "n_repeats": int(kinds.get("repeat", 0)), "n_votes": int(n_votes),
+            "n_expected_votes": int(n_assigned) * len(st.questions),
             "db_url": engine.url.render_as_string(hide_password=True),
         }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -15,11 +16,12 @@ from k3eval.report.build import SECTIONS, build_report
 
 
 class _Tables(HTMLParser):
-    """Collects every <table id="t-NAME">: rows of (data-v, text) per cell, and <img> sources, section ids."""
+    """Collects every <table id="t-NAME">: rows of (raw CSV columns, raw values, text) per cell, headers, <img>
+    sources and section ids."""
 
     def __init__(self):
         super().__init__()
-        self.tables: dict[str, list[list[tuple[str, str]]]] = {}
+        self.tables: dict[str, list[list[tuple[list[str], list[str], str]]]] = {}
         self.headers: dict[str, list[str]] = {}
         self.srcs: list[str] = []
         self.sections: list[str] = []
@@ -34,7 +36,7 @@ class _Tables(HTMLParser):
         elif tag == "tr" and self._t:
             self.tables[self._t].append([])
         elif tag == "td" and self._t:
-            self._cell = [a.get("data-v", ""), ""]
+            self._cell = [json.loads(a["data-k"]), json.loads(a["data-v"]), ""]
         elif tag == "th" and self._t:
             self._th = ""
         elif tag in ("img", "script", "link", "iframe"):
@@ -44,7 +46,7 @@ class _Tables(HTMLParser):
 
     def handle_data(self, data):
         if self._cell is not None:
-            self._cell[1] += data
+            self._cell[2] += data
         elif self._th is not None:
             self._th += data
 
@@ -82,6 +84,7 @@ def test_every_section_and_the_simulated_banner_first(full_report):
 
 
 def test_csv_tables_agree_with_html(full_report):
+    """Every cell names the CSV columns it shows and carries their raw values: they are the CSV's, row by row."""
     p = _parse(full_report)
     out = full_report.parent
     csvs = sorted((out / "tables").glob("*.csv"))
@@ -89,14 +92,17 @@ def test_csv_tables_agree_with_html(full_report):
     for c in csvs:
         df = pd.read_csv(c, keep_default_na=False, dtype=str)
         rows = [r for r in p.tables[c.stem] if r]
-        assert list(df.columns) == p.headers[c.stem], c.stem
         assert len(rows) == len(df), c.stem
+        shown = {k for cell in rows[0] for k in cell[0]} if rows else set()
+        assert shown <= set(df.columns), (c.stem, shown - set(df.columns))
         for row_html, (_, row_csv) in zip(rows, df.iterrows()):
-            for (raw, _), v in zip(row_html, row_csv):
-                if raw == v:
-                    continue
-                # numbers: the CSV and the cell's raw value are the same float (bools/ints may print differently)
-                assert float(raw) == pytest.approx(float(v), rel=1e-12, abs=1e-15), (c.stem, raw, v)
+            for keys, raws, _ in row_html:
+                for k, raw in zip(keys, raws):
+                    v = row_csv[k]
+                    if raw == v:
+                        continue
+                    # numbers: the CSV and the cell's raw value are the same float (bools/ints may print differently)
+                    assert float(raw) == pytest.approx(float(v), rel=1e-12, abs=1e-15), (c.stem, k, raw, v)
 
 
 def test_markdown_tables_show_the_same_cells_as_html(full_report):
@@ -105,10 +111,34 @@ def test_markdown_tables_show_the_same_cells_as_html(full_report):
     for name, rows in p.tables.items():
         block = md[md.index(f"(`tables/{name}.csv`)"):]
         lines = [ln for ln in block.splitlines()[2:] if ln.startswith("|")]
+        assert [c.strip() for c in lines[0].strip().strip("|").split(" | ")] == p.headers[name], name
         body = lines[2:2 + len([r for r in rows if r])]
         for row_html, line in zip([r for r in rows if r], body):
             cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
-            assert cells == [text.strip() for _, text in row_html], name
+            assert cells == [text.strip() for _, _, text in row_html], name
+
+
+def test_summary_comes_first_with_verdicts_and_the_figure(full_report):
+    p = _parse(full_report)
+    assert p.sections[0] == "summary"
+    rows = [r for r in p.tables["summary"] if r]
+    assert p.headers["summary"][:3] == ["comparison", "question", "score [95% CI]"]
+    assert len(rows) == 3 * 2  # 3 comparisons x 2 questions, in the study's order
+    summary = pd.read_csv(full_report.parent / "tables" / "summary.csv")
+    study_order = ["k3-base vs k3-flash", "k3-base vs other", "k3-flash vs other"]
+    assert list(dict.fromkeys(summary["comparison"])) == study_order
+    for cells in rows:
+        text = {h: t for h, (_, _, t) in zip(p.headers["summary"], cells)}
+        assert re.fullmatch(r"0\.\d\d \[0\.\d\d, [01]\.\d\d\]", text["score [95% CI]"]), text
+        assert re.fullmatch(r"\d+ / \d+ / \d+ / \d+ %", text["win / tie / both bad / loss"])
+        assert text["verdict"] in ("no clear difference", "k3-base", "k3-flash", "other")
+    assert set(summary["family"]) == {"study: 3 comparisons x 2 questions"}
+    html_text = full_report.read_text(encoding="utf-8")
+    assert html_text.index('id="f-summary"') < html_text.index('<section id="setup">')
+    assert (full_report.parent / "figures" / "summary.png").exists()
+    # examples come from every comparison
+    ex = pd.read_csv(full_report.parent / "tables" / "examples.csv")
+    assert set(ex["comparison"]) == set(study_order)
 
 
 def test_self_contained_and_figures_match_files(full_report):

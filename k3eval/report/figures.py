@@ -95,8 +95,8 @@ def summary_bars(rows: pd.DataFrame, colours: dict[str, str], level: float = 0.9
               zip(rows["model_a"], rows["model_b"], rows["question"], rows["n_prompts"], rows["n"])]
     ax.set_yticks(y, labels, fontsize=8)
     ax.set_xlim(0, 100)
-    ax.set_xlabel("share of votes (%); ◆ = score of the first system (ties as half) with its "
-                  f"{level:.0%} interval; dashed line: 50 %")
+    ax.set_xlabel(f"share of votes (%)\n◆ score of the first system (ties as half) with its {level:.0%} interval; "
+                  "dashed line: 50 %")
     ax.set_title("Which system do people prefer?")
     from matplotlib.patches import Patch
 
@@ -105,8 +105,8 @@ def summary_bars(rows: pd.DataFrame, colours: dict[str, str], level: float = 0.9
                      hatch="" if m in set(rows["model_a"]) else B_HATCH, label=f"{m} better") for m in seen]
     handles += [Patch(facecolor=EQUAL[0], edgecolor="#222222", label="equal"),
                 Patch(facecolor=BOTH_BAD[0], edgecolor="#222222", hatch=BOTH_BAD[1], label="both bad")]
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.25 / max(n, 1)),
-              ncol=min(len(handles), 4), fontsize=8, frameon=False)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16 - 0.3 / max(n, 1)),
+              ncol=min(len(handles), 3), fontsize=8, frameon=False)
     return _png(fig)
 
 

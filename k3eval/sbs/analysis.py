@@ -329,9 +329,12 @@ def metric_agreement_table(v: pd.DataFrame, metric_scores: pd.DataFrame | None, 
     a_idx = annotator[vote] if units.resampling.annotator is not None else None
     num = units.resampling.totals(prompt[vote], a_idx, cell, agree[vote], len(rows))
     den = units.resampling.totals(prompt[vote], a_idx, cell, np.ones(vote.size), len(rows))
-    lo, hi = stats.ratio_ci(num, den, level)
+    present = np.zeros((units.resampling.prompt.shape[1], len(rows)), dtype=bool)
+    present[prompt[vote], cell] = True
     out = pd.DataFrame(rows)
-    out["share_lo"], out["share_hi"] = lo, hi
+    out["share_lo"], out["share_hi"] = stats.t_widened(out["share"].to_numpy(dtype=np.float64),
+                                                       *stats.ratio_ci(num, den, level),
+                                                       units.resampling.degrees_of_freedom(present), level, (0.0, 1.0))
     return out[cols]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 from html.parser import HTMLParser
@@ -241,3 +242,76 @@ def test_report_stage_simulates_then_reports(report_runs, tmp_path):
     assert "SIMULATED VOTES" in index.read_text(encoding="utf-8")
     dispose_engines()
     assert np.isfinite(pd.read_csv(tmp_path / "rep" / "tables" / "preference_overall.csv")["score"]).all()
+
+
+def test_runs_that_are_not_the_studys_runs_are_refused_naming_both(report_runs, report_study, tmp_path, capsys):
+    """Issue 14: metrics of one set of systems beside votes of another. Exit code 2, one line, nothing written."""
+    import shutil
+
+    from k3eval.cli import main
+
+    name, url = report_study
+    out = tmp_path / "r"
+    base = ["--study", name, "--db", url, "--out", str(out)]
+    # a study run under another name: one system, two names
+    assert main(["report", "--runs", f"renamed={report_runs['k3-base']}", f"k3-flash={report_runs['k3-flash']}",
+                 *base]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "'renamed'" in err and "'k3-base'" in err and str(report_runs["k3-base"]) in err
+    # none of the study's runs at all: both sets named
+    stranger = tmp_path / "stranger"
+    shutil.copytree(report_runs["other"], stranger)
+    info = json.loads((stranger / "run.json").read_text())
+    info.update(run_name="stranger", identity={"generator": "tiny-sd", "seed": 9})
+    (stranger / "run.json").write_text(json.dumps(info))
+    assert main(["report", "--runs", f"stranger={stranger}", *base]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"stranger={stranger}" in err
+    assert all(f"{n}={p}" in err for n, p in report_runs.items())
+    # a study run's name given to a different run (run.json identity differs)
+    assert main(["report", "--runs", f"k3-base={stranger}", f"k3-flash={report_runs['k3-flash']}", *base]) == 2
+    err = capsys.readouterr().err
+    assert "'k3-base'" in err and str(stranger) in err and str(report_runs["k3-base"]) in err
+    assert not out.exists()
+
+
+def test_missing_parts_are_said_in_the_summary_and_limitations(report_runs, tmp_path):
+    """An incomplete study (votes cast / expected), runs given that are not in the study, runs without scores."""
+    import shutil
+
+    from k3eval.sbs.simulate import synthetic_votes
+
+    runs = dict(report_runs)
+    runs["unscored"] = tmp_path / "unscored"
+    shutil.copytree(report_runs["other"], runs["unscored"], ignore=shutil.ignore_patterns("scores"))
+    v = synthetic_votes(["k3-base", "k3-flash"], [0.0, 0.5], n_prompts=18, categories=["Animals"], n_annotators=4,
+                        votes_per_prompt=6, seed=2)
+    v["prompt_id"] = [f"p{int(p[1:]):02d}" for p in v["prompt_id"]]
+    info = {"name": "partial", "runs": {"k3-base": str(report_runs["k3-base"]),
+                                        "k3-flash": str(report_runs["k3-flash"])},
+            "comparisons": [("k3-base", "k3-flash")], "questions": ["alignment", "quality"],
+            "n_votes": len(v), "n_expected_votes": 4 * len(v)}
+    index = build_report(runs, tmp_path / "out", votes=v, info=info, n_resamples=50)
+    text = html.unescape(index.read_text(encoding="utf-8"))
+    summary = text[text.index('<section id="summary">'):text.index('<section id="setup">')]
+    limits = text[text.index('<section id="limitations">'):]
+    for part in (summary, limits):
+        assert f"Incomplete study: {len(v)} of {4 * len(v)} votes cast (25 %)" in part
+        assert "not in study 'partial': other, unscored" in part
+        assert "Runs without stored scores (no scores/summary.json): unscored." in part
+
+
+def test_exclude_flagged_view_says_how_many_remain_and_warns_below_three(report_runs, tmp_path):
+    from k3eval.sbs.simulate import synthetic_votes
+
+    v = synthetic_votes(["k3-base", "k3-flash"], [0.0, 0.5], n_prompts=18, categories=["Animals"], n_annotators=3,
+                        votes_per_prompt=9, seed=4)
+    v["prompt_id"] = [f"p{int(p[1:]):02d}" for p in v["prompt_id"]]
+    lazy = v["annotator"] == "sim-000"
+    v.loc[lazy, "answer"] = "left"
+    v.loc[lazy, "winner"] = v.loc[lazy, "left_model"]
+    index = build_report(report_runs, tmp_path / "out", votes=v, n_resamples=50)
+    text = html.unescape(index.read_text(encoding="utf-8"))
+    assert "1 of 3 annotators flagged by quality control" in text and "keeps 2" in text
+    assert "only 2 of 3 remain (fewer than 3)" in text

@@ -69,6 +69,18 @@ def interval(digits: int = 2, scale: float = 1.0) -> Callable[[Any, Any, Any], s
     return show
 
 
+def value_interval(v: Any, lo: Any, hi: Any) -> str:
+    """A stored value with its stored interval at 4 significant digits: '0.2465 [0.2365, 0.2565]'."""
+    if is_missing(v):
+        return "–"
+    return fmt_value(v) + ("" if is_missing(lo) or is_missing(hi) else f" [{fmt_value(lo)}, {fmt_value(hi)}]")
+
+
+def shares(*values: Any) -> str:
+    """'45 / 20 / 3 / 32 %' from shares in [0, 1] (win / equal / both bad / loss)."""
+    return " / ".join(f"{100 * float(x):.0f}" for x in values) + " %"
+
+
 @dataclass
 class Column:
     """A display column: `header`, the raw frame columns it shows (`keys`) and how (`fmt` takes their values)."""
@@ -192,4 +204,5 @@ def slug(text: str) -> str:
 
 
 __all__ = ["SECTIONS", "TITLES", "Column", "Example", "Figure", "Footnotes", "Section", "Table", "fixed", "fmt_value",
-           "interval", "is_missing", "pct", "pct0", "pval", "slug"]
+           "interval", "is_missing", "pct", "pct0", "pval", "shares", "slug",
+           "value_interval"]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from k3eval.report.blocks import Column, Figure, Footnotes, Section, Table, fmt_value, is_missing
+from k3eval.report.blocks import Column, Figure, Footnotes, Section, Table, fmt_value, value_interval
 from k3eval.report.sections import BuildContext
 
 
@@ -21,12 +21,6 @@ def fingerprint(protocol: dict[str, Any] | None) -> str:
     keys = [f"{k}={protocol[k]}" for k in ("extractor", "model", "pretrained", "resize", "dtype", "n")
             if k in protocol]
     return f"{digest} ({', '.join(keys)})" if keys else digest
-
-
-def _value(v: Any, lo: Any, hi: Any) -> str:
-    if is_missing(v):
-        return "–"
-    return fmt_value(v) + ("" if is_missing(lo) or is_missing(hi) else f" [{fmt_value(lo)}, {fmt_value(hi)}]")
 
 
 def build(ctx: BuildContext) -> Section:
@@ -72,7 +66,7 @@ def build(ctx: BuildContext) -> Section:
         unit = meta.get("unit", "")
         better = "higher" if meta.get("higher_is_better", True) else "lower"
         fn = Footnotes()
-        cols = [Column("run", ("run",)), Column("value [interval]", ("value", "ci_lo", "ci_hi"), _value),
+        cols = [Column("run", ("run",)), Column("value [interval]", ("value", "ci_lo", "ci_hi"), value_interval),
                 Column("interval", ("ci_method",), lambda v, f=fn: "–" if v == "–" else f.ref(f"interval: {v}")),
                 Column("n", ("n",)),
                 Column("protocol", ("protocol",), lambda v, f=fn: f.ref(f"protocol fingerprint {v}")),

@@ -4,19 +4,13 @@ without flagged annotators (how many are dropped, a warning below three), and CL
 
 from __future__ import annotations
 
-from typing import Any
-
 import pandas as pd
 
-from k3eval.report.blocks import Column, Figure, Footnotes, Section, Table, fixed, interval, pct0, pval, slug
+from k3eval.report.blocks import Column, Figure, Footnotes, Section, Table, fixed, interval, pct0, pval, shares, slug
 from k3eval.report.sections import BuildContext
 from k3eval.report.sections.summary import score_column
 
 LOW_ALPHA = 0.4  # Krippendorff's alpha below this: agreement too low to read much into the preferences
-
-
-def _shares(w: Any, t: Any, b: Any, loss: Any) -> str:
-    return " / ".join(f"{100 * float(x):.0f}" for x in (w, t, b, loss)) + " %"
 
 
 def preference_table(name: str, title: str, df: pd.DataFrame, level: float, collapsed: bool = False,
@@ -29,7 +23,7 @@ def preference_table(name: str, title: str, df: pd.DataFrame, level: float, coll
         cols.append(Column("category", ("category",)))
     cols += [Column("prompts", ("n_prompts",)), Column("votes", ("n",)),
              Column("win / equal / both bad / loss", ("win_share", "equal_share", "both_bad_share", "loss_share"),
-                    _shares),
+                    shares),
              score_column(fn, level),
              Column("win rate, votes (descriptive)", ("win_rate", "win_rate_lo", "win_rate_hi"), interval(2),
                     f"W / (W + L) with a Wilson {level:.0%} interval that treats votes as independent: descriptive "

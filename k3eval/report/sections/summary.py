@@ -7,12 +7,19 @@ from typing import Any
 
 import pandas as pd
 
-from k3eval.report.blocks import Column, Figure, Footnotes, Section, Table, fmt_value, interval, is_missing, pval
+from k3eval.report.blocks import (
+    Column,
+    Figure,
+    Footnotes,
+    Section,
+    Table,
+    interval,
+    is_missing,
+    pval,
+    shares,
+    value_interval,
+)
 from k3eval.report.sections import BuildContext
-
-
-def _shares(w: Any, t: Any, b: Any, loss: Any) -> str:
-    return " / ".join(f"{100 * float(x):.0f}" for x in (w, t, b, loss)) + " %"
 
 
 def score_column(fn: Footnotes, level: float, header: str | None = None) -> Column:
@@ -77,15 +84,10 @@ def metric_overview(ctx: BuildContext) -> Table | None:
             row.update({m: d.get("value"), f"{m}_lo": ci[0], f"{m}_hi": ci[1]})
         rows.append(row)
 
-    def show(v: Any, lo: Any, hi: Any) -> str:
-        if is_missing(v):
-            return "–"
-        return fmt_value(v) + ("" if is_missing(lo) or is_missing(hi) else f" [{fmt_value(lo)}, {fmt_value(hi)}]")
-
     cols = [Column("run", ("run",))]
     for m in names:
         better = "↑" if meta[m].get("higher_is_better", True) else "↓"
-        cols.append(Column(f"{meta[m].get('display_name', m)} {better}", (m, f"{m}_lo", f"{m}_hi"), show,
+        cols.append(Column(f"{meta[m].get('display_name', m)} {better}", (m, f"{m}_lo", f"{m}_hi"), value_interval,
                            "higher is better" if better == "↑" else "lower is better"))
     return Table("summary_metrics", "Automatic metrics per run as stored (↑ higher is better, ↓ lower is better; "
                  "details in section 2)", pd.DataFrame(rows), columns=cols)
@@ -115,7 +117,7 @@ def build(ctx: BuildContext) -> Section:
         fn = Footnotes()
         cols = [Column("comparison", ("comparison",)), Column("question", ("question",)), score_column(fn, level),
                 Column("win / tie / both bad / loss", ("win_share", "equal_share", "both_bad_share", "loss_share"),
-                       _shares, "shares of votes: first system better / equal / both bad / second system better"),
+                       shares, "shares of votes: first system better / equal / both bad / second system better"),
                 Column("prompts", ("n_prompts",)), Column("votes", ("n",)),
                 Column("adjusted p", ("p_holm",), pval, f"Holm-adjusted across the {fam}"),
                 Column("verdict", ("verdict",))]

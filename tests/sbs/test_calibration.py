@@ -70,7 +70,7 @@ def test_simulated_studies_have_the_stated_agreement_and_truth():
 def test_no_true_difference_false_positives_and_coverage(per_category):
     """With no true difference and alpha about 0.45: the verdict's test rejects at most 7 % of the time at nominal
     5 %, and the headline 95 % interval covers the truth at least 92 % of the time, at 2 and at 48 prompts per
-    category. (Over 1,500 studies each: 3.3 % / 95.0 % at 2, 4.5 % / 95.0 % at 48; the vote-level sign test on the
+    category. (Over 1,500 studies each: 3.5 % / 95.0 % at 2, 4.5 % / 95.0 % at 48; the vote-level sign test on the
     same studies rejects 12 % and 15 % of the time: the clustering is real.)"""
     out = _run(per_category, seed=1000)
     assert out["reject"] <= 0.07, out

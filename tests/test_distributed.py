@@ -117,10 +117,15 @@ def test_all_shards_finishing_merges_without_a_command(tmp_path, tiny_sd):
 def test_merge_cli(tmp_path, tiny_sd):
     out = tmp_path / "cli"
     generate_run(tiny_sd, PROMPTS.select(limit=2), out, shard=(0, 2), progress=False)
-    proc = subprocess.run([sys.executable, "-m", "k3eval", "runs", "merge", str(out)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    merge = [sys.executable, "-m", "k3eval", "runs", "merge", str(out)]
+    proc = subprocess.run(merge, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # an incomplete run is merged, said so, and exits 1 unless --allow-incomplete
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "1 of 2 images" in proc.stdout and "1 missing" in proc.stdout
+    assert "is incomplete: 1 of 2 images are missing" in proc.stderr and "--allow-incomplete" in proc.stderr
+    proc = subprocess.run(merge + ["--allow-incomplete"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 of 2 images" in proc.stdout and RunFolder(out).read_info()["status"] == "incomplete"
     shutil.rmtree(out / "images")
     (out / "run.json").unlink()
     proc = subprocess.run([sys.executable, "-m", "k3eval", "runs", "merge", str(out)], cwd=ROOT, capture_output=True,

@@ -2,6 +2,9 @@
 
 A stage is a function `run_stage(ctx: BenchmarkContext) -> None` in the module named in `STAGES`; stages whose
 module is not installed are not offered. `generate` lives here; the others live with their area.
+
+The whole file is checked before any stage runs (`validate_benchmark`), so a typo in the last section fails in
+seconds instead of after hours of generation.
 """
 
 from __future__ import annotations
@@ -66,6 +69,10 @@ class BenchmarkContext:
     def extra_catalogs(self) -> list[Path] | None:
         return [resolve_relative(self.source, self.spec.generators_file)] if self.spec.generators_file else None
 
+    def run_names(self) -> list[str]:
+        """Every run the benchmark names: generated runs, then imported ones (whether their folder exists yet)."""
+        return [r.label for r in self.spec.generators] + [imp.name for imp in self.spec.imported or []]
+
 
 def available_stages() -> dict[str, Any]:
     out = {}
@@ -79,6 +86,135 @@ def available_stages() -> dict[str, Any]:
             raise
         out[name] = getattr(mod, attr)
     return out
+
+
+def validate_benchmark(ctx: BenchmarkContext, stages: list[str]) -> list[str]:
+    """Check the whole benchmark before any stage runs: the prompt selection, every generator's parameters, dtype
+    and device, the imported runs, and the metrics, study and report sections (of the stages installed), with
+    the files they name. Raises UserError as `FILE: section.key: problem`. Devices, reference and weights files and
+    output folders must be usable now only for the stages in `stages`; for the others a missing file is returned
+    as a note (e.g. a reference built after generation)."""
+    from k3eval.generate import check_generator
+    from k3eval.generators.registry import get_entry
+    from k3eval.utils import check_device
+
+    src = ctx.source
+    try:
+        ctx.prompts()
+    except UserError as e:
+        raise UserError(f"{src}: prompts: {e}") from None
+    for i, run in enumerate(ctx.spec.generators):
+        try:
+            device = check_device(run.device or ctx.spec.device, "device", available="generate" in stages)
+            gen = get_entry(run.generator, ctx.extra_catalogs()).create(run.params, device=device, dtype=run.dtype)
+            check_generator(gen)
+        except UserError as e:
+            raise UserError(f"{src}: generators.{i} ({run.label}): {e}") from None
+    for i, imp in enumerate(ctx.spec.imported or []):
+        images = resolve_relative(src, imp.images) if imp.images else None
+        if images is not None and images.is_dir() and not resolve_relative(src, imp.mapping or "").is_file():
+            raise UserError(f"{src}: imported.{i}.mapping: file not found: {imp.mapping}")
+    notes: list[str] = []
+    available = available_stages()
+    for name, check in (("score", _check_metrics), ("study", _check_study), ("report", _check_report)):
+        if name in available:
+            notes += check(ctx, name in stages)
+    return notes
+
+
+def _file_needed(ctx: BenchmarkContext, key: str, value: str, needed: bool) -> list[str]:
+    """An error when a file the benchmark names is missing and the stage that reads it runs now, else a note."""
+    if resolve_relative(ctx.source, value).exists():
+        return []
+    if needed:
+        raise UserError(f"{ctx.source}: {key}: file or folder not found: {value}")
+    return [f"{key}: {value} does not exist yet; the stage that reads it will need it"]
+
+
+def _check_metrics(ctx: BenchmarkContext, needed: bool) -> list[str]:
+    from k3eval.config import validate_section
+    from k3eval.metrics.preprocess import check_protocol
+    from k3eval.metrics.score import parse_metrics
+    from k3eval.metrics.stage import MetricsSection
+    from k3eval.utils import check_device
+
+    src = ctx.source
+    sec = validate_section(str(src), "metrics", MetricsSection, ctx.spec.metrics)
+    checks = [("metrics.metrics", lambda: parse_metrics(sec.metrics, sec.reference is not None)),
+              ("metrics.protocol", lambda: check_protocol(sec.protocol)),
+              ("metrics.device", lambda: check_device(sec.device or ctx.spec.device, "device", available=needed))]
+    if sec.reference_protocol is not None:
+        checks.append(("metrics.reference_protocol", lambda: check_protocol(sec.reference_protocol)))
+    for key, check in checks:
+        try:
+            check()
+        except UserError as e:
+            raise UserError(f"{src}: {key}: {e}") from None
+    notes: list[str] = []
+    ref = sec.reference
+    if ref is not None and ref.startswith("synthetic:"):
+        n = ref.split(":", 1)[1]
+        if not n.isdigit() or int(n) < 2:
+            raise UserError(f"{src}: metrics.reference: 'synthetic:N' needs an integer N >= 2, got {ref!r}")
+    elif ref is not None and ref.startswith("run:"):
+        if ref[4:] not in ctx.run_names():
+            from k3eval.errors import did_you_mean
+
+            raise UserError(f"{src}: metrics.reference: no run named '{ref[4:]}'"
+                            f"{did_you_mean(ref[4:], ctx.run_names())}")
+    elif ref is not None:
+        notes += _file_needed(ctx, "metrics.reference", ref, needed)
+    if sec.inception_weights not in (None, "synthetic"):
+        notes += _file_needed(ctx, "metrics.inception_weights", sec.inception_weights, needed)
+    return notes
+
+
+def _check_study(ctx: BenchmarkContext, needed: bool) -> list[str]:
+    from k3eval.config import validate_section
+    from k3eval.sbs.design import annotator_names, check_questions
+    from k3eval.sbs.stage import StudySection
+
+    if ctx.spec.study is None:
+        return []
+    src = ctx.source
+    sec: StudySection = validate_section(str(src), "study", StudySection, ctx.spec.study)
+    try:
+        check_questions(tuple(sec.questions))
+        annotators = annotator_names(sec.annotators)
+    except UserError as e:
+        raise UserError(f"{src}: study: {e}") from None
+    if sec.overlap > len(annotators):
+        raise UserError(f"{src}: study.overlap: each item needs {sec.overlap} distinct annotators but the study has "
+                        f"{len(annotators)}")
+    if sec.reference is not None:
+        if sec.reference not in ctx.run_names():
+            raise UserError(f"{src}: study.reference: no run named '{sec.reference}'; runs: "
+                            f"{', '.join(ctx.run_names())}")
+        if ctx.spec.comparisons:
+            raise UserError(f"{src}: study.reference: give either study.reference or comparisons, not both")
+    if sec.simulate is not None:
+        from k3eval.report.stage import SimulateSection
+
+        validate_section(str(src), "study.simulate", SimulateSection, sec.simulate)
+    if needed and sec.links_file:
+        from k3eval.utils import check_output_dir
+
+        links = Path(sec.links_file)
+        check_output_dir((links if links.is_absolute() else ctx.root / links).parent, "study.links_file")
+    return []
+
+
+def _check_report(ctx: BenchmarkContext, needed: bool) -> list[str]:
+    from k3eval.config import validate_section
+    from k3eval.report.stage import ReportSection
+
+    sec = validate_section(str(ctx.source), "report", ReportSection, ctx.spec.report)
+    if needed:
+        from k3eval.utils import check_output_dir
+
+        out = Path(ctx.report_out or sec.out or Path("reports") / ctx.spec.name)
+        check_output_dir(out if out.is_absolute() else ctx.root / out, "report.out")
+    return []
 
 
 def stage_generate(ctx: BenchmarkContext) -> None:
@@ -126,7 +262,8 @@ def import_run(ctx: BenchmarkContext, imp: ImportedRunSpec, prompts) -> None:
     from k3eval.importer import import_images
 
     report = import_images(images, resolve_relative(ctx.source, imp.mapping or ""), prompts, folder,
-                           name=imp.system or imp.name, version=imp.version, date=imp.date, force=ctx.force)
+                           name=imp.system or imp.name, version=imp.version, date=imp.date, force=ctx.force,
+                           allow_missing=imp.allow_missing, allow_odd_sizes=imp.allow_odd_sizes)
     print("[generate] " + report.lines()[0])
 
 
@@ -143,6 +280,8 @@ def run_benchmark(path: str | Path, stages: list[str] | None = None, limit: int 
             raise UserError(f"unknown stage '{s}'{did_you_mean(s, available)}")
     ctx = BenchmarkContext(spec, source, limit=limit, force=force, progress=progress, root=root or Path.cwd(),
                            report_out=report_out)
+    for note in validate_benchmark(ctx, chosen):
+        print(f"[check] {note}")
     for s in [s for s in available if s in chosen]:
         available[s](ctx)
     return ctx

@@ -39,6 +39,12 @@ def test_prompts_list_and_show(capsys):
     assert main(["prompts", "show", "parti", "--category", "Animals", "--limit", "3"]) == 0
     rows = [ln.split("\t") for ln in capsys.readouterr().out.strip().splitlines()]
     assert len(rows) == 3 and all(r[1] == "Animals" and r[0].startswith("parti-") for r in rows)
+    # --categories as everywhere else (the old --category stays an alias), and the other selection options
+    assert main(["prompts", "show", "parti", "--categories", "Animals,Food & Beverage", "--per-category", "2"]) == 0
+    rows = [ln.split("\t") for ln in capsys.readouterr().out.strip().splitlines()]
+    assert sorted(r[1] for r in rows) == ["Animals", "Animals", "Food & Beverage", "Food & Beverage"]
+    assert main(["prompts", "show", "parti", "--categories", "Animalz"]) == 2
+    assert "did you mean 'Animals'" in capsys.readouterr().err
 
 
 def test_generators_list(capsys):
@@ -127,3 +133,34 @@ def test_demo_end_to_end(tmp_path):
     html = index.read_text(encoding="utf-8")
     assert "<html" in html and "data:image/" in html
     assert (tmp_path / "runs" / "smoke" / "tiny-sd" / "manifest.parquet").exists()
+
+
+NOISE_BENCH = """name: v
+prompts: {set: PROMPTS}
+generators_file: catalog.yaml
+generators:
+  - generator: noise
+    params: {height: 16, width: 16, delay: 0.0}
+"""
+
+
+def test_whole_benchmark_checked_first_and_missing_later_files_are_notes(tmp_path, monkeypatch, capsys):
+    """A reference built after generation is a note for `--stage generate`, an error before `score` runs; an error
+    in any section stops the run before the first image."""
+    (tmp_path / "catalog.yaml").write_text("noise:\n  class: test_crash_safety:NoiseGenerator\n  offline: true\n")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red cube\na blue ball\n", encoding="utf-8")
+    bench = tmp_path / "b.yaml"
+    base = NOISE_BENCH.replace("PROMPTS", str(prompts))
+    monkeypatch.chdir(tmp_path)
+    bench.write_text(base + "metrics: {reference: refs/coco.npz}\nstudy: {annotators: 2, simulate: {annotators: 2}}\n")
+    assert main(["run", str(bench), "--stage", "generate", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "[check] metrics.reference: refs/coco.npz does not exist yet" in out
+    assert len(pd.read_parquet(tmp_path / "runs/v/noise/manifest.parquet")) == 2
+    assert main(["run", str(bench), "--stage", "score", "--quiet"]) == 2
+    assert "metrics.reference: file or folder not found: refs/coco.npz" in capsys.readouterr().err
+    bench.write_text(base + "study: {annotators: 2, simulate: {annotatorz: 2}}\n")
+    assert main(["run", str(bench), "--stage", "generate", "--force", "--quiet"]) == 2
+    assert "study.simulate: annotatorz: unknown key" in capsys.readouterr().err
+    assert len(pd.read_parquet(tmp_path / "runs/v/noise/manifest.parquet")) == 2  # --force did not start

@@ -127,8 +127,7 @@ class RunFolder:
         for the prompt selection it compares the folder's prompts.parquet with `prompts`."""
         if not self.exists():
             return
-        old = self.read_info().get("identity")
-        old = old if isinstance(old, dict) else {}
+        old = recorded_identity(self.read_info())
         # compare as stored: JSON turns tuples into lists
         new = json.loads(json.dumps(identity, default=_json_default))
         diffs = []
@@ -335,6 +334,22 @@ class RunFolder:
 
     def image_path(self, row: dict[str, Any]) -> Path:
         return self.path / str(row["path"])
+
+
+def recorded_identity(info: dict[str, Any]) -> dict[str, Any]:
+    """The identity a run.json records. Folders of k3eval 0.1 stored only generator, params, seed and the prompt set's
+    name there; the rest of their run.json holds what is now in it (selection hash, samples, dtype, seed rule,
+    beautify model), so their identity is completed from it and they can still be resumed."""
+    ident = dict(info["identity"]) if isinstance(info.get("identity"), dict) else {}
+    sections = {k: info.get(k) if isinstance(info.get(k), dict) else {} for k in ("prompt_set", "generator", "seed")}
+    derived = {"prompts": sections["prompt_set"].get("hash"), "samples": info.get("samples"),
+               "dtype": sections["generator"].get("dtype"), "seed_rule": sections["seed"].get("rule"),
+               "beautify": (info.get("beautify") or {}).get("model") if isinstance(info.get("beautify"), dict)
+               else None}
+    for key, value in derived.items():
+        if key not in ident and (value is not None or key == "beautify"):
+            ident[key] = value
+    return ident
 
 
 def _read_parquet(path: Path, columns: Iterable[str]):

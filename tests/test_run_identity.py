@@ -115,18 +115,27 @@ def test_other_generator_settings_are_refused(tmp_path, prompt_file, change, nam
     assert _snapshot(out) == before
 
 
-def test_a_folder_from_an_older_k3eval_is_refused_not_mixed(tmp_path, prompt_file):
+def test_a_folder_from_an_older_k3eval_resumes_or_is_refused_by_what_it_records(tmp_path, prompt_file):
     out = tmp_path / "run"
     prompts = load_prompt_set(str(prompt_file))
     generate_run(noise(), prompts, out, progress=False)
     run = RunFolder(out)
     info = run.read_info()
-    info["identity"] = {"generator": "noise", "params": info["identity"]["params"], "seed": 0,
-                        "prompt_set": str(prompt_file)}  # what k3eval 0.1 recorded: no selection hash
+    params = info["identity"]["params"]
+    # what k3eval 0.1 recorded as identity; the selection hash, samples, dtype and seed rule sat elsewhere in run.json
+    info["identity"] = {"generator": "noise", "params": params, "seed": 0, "prompt_set": str(prompt_file)}
     run.write_info(info)
-    with pytest.raises(UserError, match=r"made by an older k3eval, the folder does not record dtype, seed_rule, "
-                                        r"prompts, samples, beautify"):
+    again = generate_run(noise(), prompts, out, progress=False)
+    assert (again.generated, again.done_before) == (0, 4)
+    run.write_info(info)
+    with pytest.raises(UserError, match=re.escape("prompts: the folder has 4, this run 2")):
         generate_run(noise(), prompts.select(limit=2), out, progress=False)
+    with pytest.raises(UserError, match=re.escape("samples: folder has 1, this run has 2")):
+        generate_run(noise(), prompts, out, samples=2, progress=False)
+    del info["prompt_set"], info["samples"]
+    run.write_info(info)
+    with pytest.raises(UserError, match="made by an older k3eval, the folder does not record prompts, samples"):
+        generate_run(noise(), prompts, out, progress=False)
 
 
 def test_merge_never_counts_images_of_another_run(tmp_path, prompt_file, capsys):

@@ -214,7 +214,8 @@ def generate_run(gen, prompts: PromptSet, out_dir: str | Path, *, samples: int =
         run.reset()
     # A single process that fails before its first image removes what it wrote (and the folders it made), so the
     # corrected command starts clean; a folder whose earlier command died that early (killed) holds no result and
-    # is taken over the same way. Shards and torchrun ranks never do this: another writer may be starting.
+    # is taken over the same way. Shards and torchrun ranks never clean up (another writer may be starting);
+    # torchrun takes over such a folder in `_generate`, where its ranks are in step.
     unstarted = world == 1 and (not run.exists() or not _has_results(run))
     if unstarted and run.exists():
         run.remove_unstarted()
@@ -247,7 +248,9 @@ def _generate(gen, prompts: PromptSet, run: RunFolder, items: list[WorkItem], in
         raise UserError("--force with --shard I/N would let one job delete what the others write; delete the "
                         f"folder {run.path} before starting the jobs instead")
     group.barrier()  # every rank has looked at the folder before rank 0 may clear it
-    if force and rank == 0 and world > 1:
+    # Under torchrun the ranks are in step here, so rank 0 may also take over a folder that an earlier job left
+    # before its first image; hand-made shards cannot know whether another job is just starting, so they do not.
+    if rank == 0 and world > 1 and (force or (group.active and run.exists() and not _has_results(run))):
         run.reset()
     group.barrier()  # nobody looks at the folder while rank 0 may still be clearing it
     run.check_identity(info["identity"], prompts)

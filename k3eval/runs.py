@@ -185,11 +185,11 @@ class RunFolder:
             p.unlink(missing_ok=True)
 
     def reset(self) -> None:
-        """Remove images, manifest, journals and scores (for --force)."""
+        """Remove images, manifest, journals, scores and cached prompt rewrites (for --force)."""
         for p in (self.path / "images", self.journal_dir, self.scores_dir):
             if p.exists():
                 shutil.rmtree(p)
-        for p in (self.manifest_path, self.run_json, self.prompts_path):
+        for p in (self.manifest_path, self.run_json, self.prompts_path, self.path / "beautified.json"):
             p.unlink(missing_ok=True)
 
     # ---- images -------------------------------------------------------------------------------------------------

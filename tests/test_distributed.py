@@ -64,6 +64,14 @@ def test_torchrun_two_processes_equal_one(tmp_path, prompt_csv):
     single = subprocess.run([sys.executable, "-m", "k3eval", *common, "--out", str(tmp_path / "one")], cwd=ROOT,
                             env=_env(), capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr
+    # a folder an earlier job left before its first image (killed while loading, with other settings): the ranks of
+    # the corrected job take it over instead of refusing it as another run
+    from k3eval.generate import run_info
+    from k3eval.prompts import load_prompt_set
+
+    dead = RunFolder(tmp_path / "two")
+    dead.write_info({**run_info(get_entry("tiny-sd").create({"steps": 3}), load_prompt_set(str(prompt_csv)), 2, 0),
+                     "status": "running"})
     multi = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "k3eval", *common,
                             "--out", str(tmp_path / "two")], cwd=ROOT, env=_env(), capture_output=True, text=True,
                            timeout=600)

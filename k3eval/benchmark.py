@@ -88,12 +88,12 @@ def available_stages() -> dict[str, Any]:
     return out
 
 
-def validate_benchmark(ctx: BenchmarkContext, stages: list[str]) -> list[str]:
+def validate_benchmark(ctx: BenchmarkContext, stages: list[str]) -> None:
     """Check the whole benchmark before any stage runs: the prompt selection, every generator's parameters, dtype
-    and device, the imported runs, and the metrics, study and report sections (of the stages installed), with
-    the files they name. Raises UserError as `FILE: section.key: problem`. Devices, reference and weights files and
-    output folders must be usable now only for the stages in `stages`; for the others a missing file is returned
-    as a note (e.g. a reference built after generation)."""
+    and device, the imported runs, and the metrics, study and report sections (of the stages installed), with the
+    input files they name (reference, weights, mappings). Raises UserError as `FILE: section.key: problem`. Devices
+    must be usable, and output folders writable, only for the stages in `stages` (a benchmark written for a GPU
+    machine can still make its report on a laptop)."""
     from k3eval.generate import check_generator
     from k3eval.generators.registry import get_entry
     from k3eval.utils import check_device
@@ -114,68 +114,60 @@ def validate_benchmark(ctx: BenchmarkContext, stages: list[str]) -> list[str]:
         images = resolve_relative(src, imp.images) if imp.images else None
         if images is not None and images.is_dir() and not resolve_relative(src, imp.mapping or "").is_file():
             raise UserError(f"{src}: imported.{i}.mapping: file not found: {imp.mapping}")
-    notes: list[str] = []
     available = available_stages()
     for name, check in (("score", _check_metrics), ("study", _check_study), ("report", _check_report)):
         if name in available:
-            notes += check(ctx, name in stages)
-    return notes
+            check(ctx, name in stages)
 
 
-def _file_needed(ctx: BenchmarkContext, key: str, value: str, needed: bool) -> list[str]:
-    """An error when a file the benchmark names is missing and the stage that reads it runs now, else a note."""
-    if resolve_relative(ctx.source, value).exists():
-        return []
-    if needed:
-        raise UserError(f"{ctx.source}: {key}: file or folder not found: {value}")
-    return [f"{key}: {value} does not exist yet; the stage that reads it will need it"]
+def _check_metrics(ctx: BenchmarkContext, needed: bool) -> None:
+    """The metrics section, checked whole without loading anything by the metrics area's `score_options`
+    (metric names and settings, protocol, the reference's form and existence), then its device."""
+    from k3eval.metrics import stage as metrics_stage
+    from k3eval.utils import check_device
+
+    whole_check = getattr(metrics_stage, "score_options", None)
+    device = whole_check(ctx).device if whole_check is not None else _metrics_section_by_hand(ctx)
+    try:
+        check_device(device, "device", available=needed)
+    except UserError as e:
+        raise UserError(f"{ctx.source}: metrics: {e}") from None
 
 
-def _check_metrics(ctx: BenchmarkContext, needed: bool) -> list[str]:
+def _metrics_section_by_hand(ctx: BenchmarkContext) -> str:
+    """For a metrics area without `score_options` (before the metric registry): the same checks; returns the
+    device. Remove once `k3eval.metrics.stage.score_options` is there."""
     from k3eval.config import validate_section
     from k3eval.metrics.preprocess import check_protocol
     from k3eval.metrics.score import parse_metrics
     from k3eval.metrics.stage import MetricsSection
-    from k3eval.utils import check_device
 
     src = ctx.source
     sec = validate_section(str(src), "metrics", MetricsSection, ctx.spec.metrics)
-    checks = [("metrics.metrics", lambda: parse_metrics(sec.metrics, sec.reference is not None)),
-              ("metrics.protocol", lambda: check_protocol(sec.protocol)),
-              ("metrics.device", lambda: check_device(sec.device or ctx.spec.device, "device", available=needed))]
-    if sec.reference_protocol is not None:
-        checks.append(("metrics.reference_protocol", lambda: check_protocol(sec.reference_protocol)))
-    for key, check in checks:
-        try:
-            check()
-        except UserError as e:
-            raise UserError(f"{src}: {key}: {e}") from None
-    notes: list[str] = []
     ref = sec.reference
-    if ref is not None and ref.startswith("synthetic:"):
-        n = ref.split(":", 1)[1]
-        if not n.isdigit() or int(n) < 2:
-            raise UserError(f"{src}: metrics.reference: 'synthetic:N' needs an integer N >= 2, got {ref!r}")
-    elif ref is not None and ref.startswith("run:"):
-        if ref[4:] not in ctx.run_names():
-            from k3eval.errors import did_you_mean
+    try:
+        parse_metrics(sec.metrics, ref is not None)
+        for protocol in (sec.protocol, sec.reference_protocol or sec.protocol):
+            check_protocol(protocol)
+        if ref is not None and not ref.startswith(("synthetic:", "run:")) and \
+                not resolve_relative(src, ref).exists():
+            raise UserError(f"--reference: not found: {resolve_relative(src, ref)}")
+    except UserError as e:
+        raise UserError(f"{src}: metrics: {e}") from None
+    if ref is not None and ref.startswith("synthetic:") and not (ref[10:].isdigit() and int(ref[10:]) >= 2):
+        raise UserError(f"{src}: metrics.reference: 'synthetic:N' needs an integer N >= 2, got {ref!r}")
+    if ref is not None and ref.startswith("run:") and ref[4:] not in ctx.run_names():
+        raise UserError(f"{src}: metrics.reference: no run named '{ref[4:]}'")
+    return sec.device or ctx.spec.device
 
-            raise UserError(f"{src}: metrics.reference: no run named '{ref[4:]}'"
-                            f"{did_you_mean(ref[4:], ctx.run_names())}")
-    elif ref is not None:
-        notes += _file_needed(ctx, "metrics.reference", ref, needed)
-    if sec.inception_weights not in (None, "synthetic"):
-        notes += _file_needed(ctx, "metrics.inception_weights", sec.inception_weights, needed)
-    return notes
 
-
-def _check_study(ctx: BenchmarkContext, needed: bool) -> list[str]:
+def _check_study(ctx: BenchmarkContext, needed: bool) -> None:
     from k3eval.config import validate_section
     from k3eval.sbs.design import annotator_names, check_questions
     from k3eval.sbs.stage import StudySection
 
     if ctx.spec.study is None:
-        return []
+        return
     src = ctx.source
     sec: StudySection = validate_section(str(src), "study", StudySection, ctx.spec.study)
     try:
@@ -200,11 +192,13 @@ def _check_study(ctx: BenchmarkContext, needed: bool) -> list[str]:
         from k3eval.utils import check_output_dir
 
         links = Path(sec.links_file)
-        check_output_dir((links if links.is_absolute() else ctx.root / links).parent, "study.links_file")
-    return []
+        try:
+            check_output_dir((links if links.is_absolute() else ctx.root / links).parent, "study.links_file")
+        except UserError as e:
+            raise UserError(f"{src}: {e}") from None
 
 
-def _check_report(ctx: BenchmarkContext, needed: bool) -> list[str]:
+def _check_report(ctx: BenchmarkContext, needed: bool) -> None:
     from k3eval.config import validate_section
     from k3eval.report.stage import ReportSection
 
@@ -213,8 +207,10 @@ def _check_report(ctx: BenchmarkContext, needed: bool) -> list[str]:
         from k3eval.utils import check_output_dir
 
         out = Path(ctx.report_out or sec.out or Path("reports") / ctx.spec.name)
-        check_output_dir(out if out.is_absolute() else ctx.root / out, "report.out")
-    return []
+        try:
+            check_output_dir(out if out.is_absolute() else ctx.root / out, "report.out")
+        except UserError as e:
+            raise UserError(f"{ctx.source}: {e}") from None
 
 
 def stage_generate(ctx: BenchmarkContext) -> None:
@@ -280,8 +276,7 @@ def run_benchmark(path: str | Path, stages: list[str] | None = None, limit: int 
             raise UserError(f"unknown stage '{s}'{did_you_mean(s, available)}")
     ctx = BenchmarkContext(spec, source, limit=limit, force=force, progress=progress, root=root or Path.cwd(),
                            report_out=report_out)
-    for note in validate_benchmark(ctx, chosen):
-        print(f"[check] {note}")
+    validate_benchmark(ctx, chosen)
     for s in [s for s in available if s in chosen]:
         available[s](ctx)
     return ctx

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -144,22 +145,31 @@ generators:
 """
 
 
-def test_whole_benchmark_checked_first_and_missing_later_files_are_notes(tmp_path, monkeypatch, capsys):
-    """A reference built after generation is a note for `--stage generate`, an error before `score` runs; an error
-    in any section stops the run before the first image."""
+def test_whole_benchmark_checked_before_the_first_image(tmp_path, monkeypatch, capsys):
+    """A reference the benchmark names must exist before generating; a device or output folder only for the stages
+    that run now; an error in any section stops the run before the first image."""
     (tmp_path / "catalog.yaml").write_text("noise:\n  class: test_crash_safety:NoiseGenerator\n  offline: true\n")
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red cube\na blue ball\n", encoding="utf-8")
     bench = tmp_path / "b.yaml"
     base = NOISE_BENCH.replace("PROMPTS", str(prompts))
     monkeypatch.chdir(tmp_path)
-    bench.write_text(base + "metrics: {reference: refs/coco.npz}\nstudy: {annotators: 2, simulate: {annotators: 2}}\n")
-    assert main(["run", str(bench), "--stage", "generate", "--quiet"]) == 0
-    out = capsys.readouterr().out
-    assert "[check] metrics.reference: refs/coco.npz does not exist yet" in out
+    (tmp_path / "a-file").write_text("x")
+    bench.write_text(base + "metrics: {reference: refs/coco.npz, device: banana-free}\n")
+    assert main(["run", str(bench), "--stage", "generate", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"b.yaml: metrics: --reference: not found: .*refs/coco.npz", err), err
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "refs").mkdir()
+    (tmp_path / "refs" / "coco.npz").write_bytes(b"made later by k3eval reference build")
+    assert main(["run", str(bench), "--stage", "generate", "--quiet"]) == 2
+    assert "metrics: device: unknown device 'banana-free'" in capsys.readouterr().err  # a typo is found at once
+    bench.write_text(base + "metrics: {reference: refs/coco.npz, device: cuda:7}\nreport: {out: a-file}\n"
+                     "study: {annotators: 2, simulate: {annotators: 2}}\n")
+    assert main(["run", str(bench), "--stage", "generate", "--quiet"]) == 0  # cuda:7 and a-file: later stages
     assert len(pd.read_parquet(tmp_path / "runs/v/noise/manifest.parquet")) == 2
-    assert main(["run", str(bench), "--stage", "score", "--quiet"]) == 2
-    assert "metrics.reference: file or folder not found: refs/coco.npz" in capsys.readouterr().err
+    assert main(["run", str(bench), "--stage", "report", "--quiet"]) == 2
+    assert re.search(r"b.yaml: report.out \S*a-file: this is a file, not a folder", capsys.readouterr().err)
     bench.write_text(base + "study: {annotators: 2, simulate: {annotatorz: 2}}\n")
     assert main(["run", str(bench), "--stage", "generate", "--force", "--quiet"]) == 2
     assert "study.simulate: annotatorz: unknown key" in capsys.readouterr().err

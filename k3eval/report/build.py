@@ -18,8 +18,8 @@ import pandas as pd
 from k3eval.errors import UserError
 from k3eval.report.blocks import SECTIONS, Table, fmt_value
 from k3eval.report.inputs import resolve_runs
-from k3eval.report.render import publish, render_html, render_markdown
-from k3eval.utils import now_iso
+from k3eval.report.render import render_html, render_markdown
+from k3eval.utils import atomic_write_bytes, now_iso
 
 
 def build_report(runs: dict[str, str | Path] | list[str | Path], out_dir: str | Path, *, study: str | None = None,
@@ -69,18 +69,18 @@ def build_report(runs: dict[str, str | Path] | list[str | Path], out_dir: str | 
                 for side, data in (("a", e.thumb_a), ("b", e.thumb_b)):
                     if data:
                         rel = f"examples/{k:03d}_{side}.jpg"
-                        publish(out / rel, data)
+                        atomic_write_bytes(out / rel, data)
                         setattr(e, f"file_{side}", rel)
                 k += 1
     for s in sections:
         for kind, b in s.blocks:
             if kind == "table":
-                publish(out / "tables" / f"{b.name}.csv", b.frame.to_csv(index=False).encode())
+                atomic_write_bytes(out / "tables" / f"{b.name}.csv", b.frame.to_csv(index=False).encode())
     for f in ctx.figures:
-        publish(out / "figures" / f"{f.name}.png", f.png)
-    publish(out / "report.md", render_markdown(title, subtitle, banner, sections).encode())
+        atomic_write_bytes(out / "figures" / f"{f.name}.png", f.png)
+    atomic_write_bytes(out / "report.md", render_markdown(title, subtitle, banner, sections).encode())
     index = out / "index.html"
-    publish(index, render_html(title, subtitle, banner, sections).encode())
+    atomic_write_bytes(index, render_html(title, subtitle, banner, sections).encode())
     return index
 
 

@@ -10,6 +10,9 @@ from k3eval.cli import nonnegative_int
 
 def cmd_report(args) -> int:
     from k3eval.report.build import build_report
+    from k3eval.utils import check_output_dir
+
+    check_output_dir(args.out)
 
     if args.resamples < 1:
         from k3eval.errors import UserError

@@ -10,14 +10,11 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from k3eval.report.blocks import Example, Section, Table, is_missing
-from k3eval.utils import atomic_write_bytes
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#111;background:#fff;
@@ -113,12 +110,6 @@ def md_table(t: Table) -> str:
     return "\n".join(lines)
 
 
-def publish(path: Path, data: bytes) -> None:
-    """Write atomically, readable by others (a report is meant to be shared; temporary files start as 0600)."""
-    atomic_write_bytes(path, data)
-    os.chmod(path, 0o644)
-
-
 def _b64(data: bytes, mime: str) -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode()
 
@@ -204,4 +195,4 @@ def render_markdown(title: str, subtitle: str, banner: str | None, sections: lis
     return "\n".join(out).rstrip() + "\n"
 
 
-__all__ = ["CSS", "html_table", "md_table", "publish", "raw", "render_html", "render_markdown"]
+__all__ = ["CSS", "html_table", "md_table", "raw", "render_html", "render_markdown"]

@@ -90,7 +90,8 @@ def study_info(study, db_url: str | None = None) -> dict[str, Any]:
     """Facts about a study: name, questions, runs {name: path}, prompt_set, prompt_set_hash, created (ISO),
     simulated (the study was made by simulation or holds simulated votes), n_items (regular + gold), n_annotators,
     overlap, plus comparisons, reference, seed, gold, repeats, n_gold, n_repeats, n_votes, n_expected_votes (every
-    assignment x question: the votes of a complete study)."""
+    assignment x question: the votes of a complete study), and pairing (mode 'seed', 'prompt' or 'unpaired', see
+    `k3eval.sbs.design.pairing_of`; None for studies made before it)."""
     name = _study_name(study)
     url = normalize_url(db_url or getattr(study, "db_url", None))
     engine = get_engine(url)
@@ -114,6 +115,7 @@ def study_info(study, db_url: str | None = None) -> dict[str, Any]:
             "reference": st.reference, "seed": st.seed, "gold": st.gold, "repeats": st.repeats,
             "n_gold": int(kinds.get("gold", 0)), "n_repeats": int(kinds.get("repeat", 0)), "n_votes": int(n_votes),
             "n_expected_votes": int(n_assigned) * len(st.questions),
+            "pairing": (st.info or {}).get("pairing"),
             "db_url": engine.url.render_as_string(hide_password=True),
         }
 

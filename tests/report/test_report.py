@@ -315,3 +315,17 @@ def test_exclude_flagged_view_says_how_many_remain_and_warns_below_three(report_
     text = html.unescape(index.read_text(encoding="utf-8"))
     assert "1 of 3 annotators flagged by quality control" in text and "keeps 2" in text
     assert "only 2 of 3 remain (fewer than 3)" in text
+
+
+def test_report_files_follow_the_umask(report_runs, tmp_path):
+    """A report is shared like any other output: its files get the user's umask, not the temporary file's 0600."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        index = build_report(report_runs, tmp_path / "out", n_resamples=20)
+    finally:
+        os.umask(old)
+    for path in [index, index.parent / "report.md", *(index.parent / "tables").glob("*.csv")]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path

@@ -10,6 +10,7 @@ seconds instead of after hours of generation.
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,12 @@ def _check_metrics(ctx: BenchmarkContext, needed: bool) -> None:
     from k3eval.metrics import stage as metrics_stage
     from k3eval.utils import check_device
 
-    device = metrics_stage.score_options(ctx, stage_runs_now=needed).device
+    opts = metrics_stage.score_options(ctx, stage_runs_now=needed)
+    ref, raw = opts.reference, str((ctx.spec.metrics or {}).get("reference") or "")
+    if not needed and ref is not None and not raw.startswith(("run:", "synthetic:")) and not Path(ref).exists():
+        print(f"k3eval: note: {ctx.source}: metrics.reference {ref} does not exist yet; the score stage will need it",
+              file=sys.stderr)
+    device = opts.device
     try:
         check_device(device, "device", available=needed)
     except UserError as e:

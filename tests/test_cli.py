@@ -146,8 +146,9 @@ generators:
 
 
 def test_whole_benchmark_checked_before_the_first_image(tmp_path, monkeypatch, capsys):
-    """A reference the benchmark names must exist before generating; a device or output folder only for the stages
-    that run now; an error in any section stops the run before the first image."""
+    """A reference the benchmark names must exist before generating when the run scores too (a generate-only run
+    notes it); a device or output folder only for the stages that run now; an error in any section stops the run
+    before the first image."""
     (tmp_path / "catalog.yaml").write_text("noise:\n  class: test_crash_safety:NoiseGenerator\n  offline: true\n")
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red cube\na blue ball\n", encoding="utf-8")
@@ -156,10 +157,13 @@ def test_whole_benchmark_checked_before_the_first_image(tmp_path, monkeypatch, c
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a-file").write_text("x")
     bench.write_text(base + "metrics: {reference: refs/coco.npz, device: banana-free}\n")
-    assert main(["run", str(bench), "--stage", "generate", "--quiet"]) == 2
+    assert main(["run", str(bench), "--quiet"]) == 2  # scoring now: the reference must exist before generating
     err = capsys.readouterr().err
     assert re.search(r"b.yaml: metrics: --reference: not found: .*refs/coco.npz", err), err
     assert not (tmp_path / "runs").exists()
+    assert main(["run", str(bench), "--stage", "generate", "--quiet"]) == 2  # generate only: a note, then the typo
+    err = capsys.readouterr().err
+    assert "metrics.reference" in err and "does not exist yet" in err and "unknown device 'banana-free'" in err
     (tmp_path / "refs").mkdir()
     (tmp_path / "refs" / "coco.npz").write_bytes(b"made later by k3eval reference build")
     assert main(["run", str(bench), "--stage", "generate", "--quiet"]) == 2

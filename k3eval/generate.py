@@ -325,6 +325,9 @@ def finalize_run(run: RunFolder, items: Sequence[WorkItem], gen=None) -> dict[st
     for col in ("text_seconds", "denoise_seconds", "decode_seconds", "unet_evals", "peak_memory_mb"):
         if col in df and df[col].notna().any():
             totals[f"{col}_mean"] = float(df[col].mean())
+    if "prompt_truncated" in df:
+        # prompts the text encoder cut (the generator warned about each as it made it), counted over the whole run
+        totals["truncated_prompts"] = int(df.loc[df["prompt_truncated"].eq(True), "prompt_id"].nunique())
     if gen is not None and gen.load_seconds is not None:
         totals["load_seconds"] = gen.load_seconds
     info.update({"totals": totals, "finished": now_iso(),

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from k3eval.errors import UserError
-from k3eval.generators.base import GenRequest
+from k3eval.generators.base import NOISE_RULE, GenRequest
 from k3eval.prompts.core import PromptSet
 from k3eval.runs import RunFolder, classify_image, image_relpath, to_uint8
 from k3eval.seeds import SEED_RULE, image_seed
@@ -83,7 +83,7 @@ def run_info(gen, prompts: PromptSet, samples: int, benchmark_seed: int, extra: 
                        "license": prompts.license},
         "samples": samples,
         "seed": {"benchmark_seed": benchmark_seed, "rule": SEED_RULE,
-                 "noise": "initial noise drawn on the CPU in float32 from the image seed"},
+                 "noise": gen.noise_rule() if hasattr(gen, "noise_rule") else NOISE_RULE},
         "packages": package_versions(),
         "git_revision": git_revision(),
         "hardware": hardware_info(),

@@ -21,6 +21,9 @@ MAX_SIDE = 4096
 #: 1000 training timesteps, and no sampler can visit more.
 BOUNDS: dict[str, tuple[int, int]] = {"height": (1, MAX_SIDE), "width": (1, MAX_SIDE), "steps": (1, 1000)}
 
+#: How every generator draws its noise unless it says otherwise (run.json `seed.noise`).
+NOISE_RULE = "initial noise drawn on the CPU in float32 from the image seed"
+
 log = logging.getLogger("k3eval")
 
 
@@ -240,6 +243,10 @@ class Generator(ABC):
 
     def weights_info(self) -> dict[str, Any]:
         return {}
+
+    def noise_rule(self) -> str:
+        """How this generator draws its noise from the image seed (run.json `seed.noise`)."""
+        return NOISE_RULE
 
     def identity(self) -> dict[str, Any]:
         """What must match for a rerun to resume into an existing folder."""

@@ -591,6 +591,12 @@ class Kandinsky3ReleasedGenerator(Generator):
         return image.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
 
     # ---- what the run records -----------------------------------------------------------------------------------
+    def noise_rule(self) -> str:
+        if self.params["noise"] == "release":
+            return ("noise=release: a generator of the device per image, seeded with the image seed, drawing as the "
+                    "official sampler does after torch.manual_seed(seed) (start latents, then one draw per step)")
+        return super().noise_rule()
+
     def identity(self) -> dict[str, Any]:
         """Offload and the embedding cache do not change images, so a resume may change them."""
         params = {k: v for k, v in self.params.items() if k not in ("offload", "embedding_cache")}

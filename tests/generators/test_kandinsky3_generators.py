@@ -290,6 +290,11 @@ def test_noise_release_draws_as_the_official_loop_after_manual_seed(name):
     cpu = _gen(name, steps=2, embedding_cache="none")
     assert not np.allclose(out[0].image, cpu.generate(req[:1])[0].image, atol=1e-3)
     assert g.describe()["weights"]["noise"] == "release" and g.identity()["params"]["noise"] == "release"
+    from k3eval.generate import run_info
+    from k3eval.prompts import load_prompt_set as prompts
+
+    assert run_info(g, prompts("parti").select(limit=1), 1, 0)["seed"]["noise"].startswith("noise=release")
+    assert run_info(cpu, prompts("parti").select(limit=1), 1, 0)["seed"]["noise"].startswith("initial noise drawn on")
     with pytest.raises(UserError, match="parameter 'noise'.*'gpu'; use one of cpu, release"):
         _gen(name, noise="gpu")
 

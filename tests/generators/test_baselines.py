@@ -240,3 +240,15 @@ def test_prompts_cut_by_clip_are_counted(tmp_path):
     assert df["prompt_truncated"].tolist() == [True, False] and df["prompt_tokens"][0] > 77
     assert run.read_info()["totals"]["truncated_prompts"] == 1
     assert run.read_info()["generator"]["truncated_prompts"]["token_limit"] == 77
+
+
+def test_first_build_of_a_tiny_model_says_so(capsys):
+    from k3eval.generators.tiny import tiny_folder
+
+    def build(folder: Path) -> None:
+        (folder / "weights.bin").write_bytes(b"0")
+
+    folder = tiny_folder("tiny-announce-test", build)
+    err = capsys.readouterr().err
+    assert "building the offline model 'tiny-announce-test'" in err and "built 'tiny-announce-test' in" in err
+    assert tiny_folder("tiny-announce-test", build) == folder and capsys.readouterr().err == ""  # cached: silent

@@ -687,19 +687,25 @@ TINY_RELEASED = "tiny-kandinsky3-released"
 TINY_WEIGHTS_SEEDS = {"weights/kandinsky3.pt": 10, "weights/kandinsky3_flash.pt": 11}
 
 
-def build_tiny_unet(seed: int):
-    """A tiny Kandinsky3UNet with seeded random weights; tensors diffusers initialises to zero (the time
+def _seeded(cls, config: dict[str, Any], seed: int):
+    """`cls(**config)` with seeded random weights; tensors diffusers initialises to zero (the U-Net's time
     modulation) get small random values too, so a swapped tensor in a conversion would change the output."""
     import torch
-    from diffusers import Kandinsky3UNet
 
     torch.manual_seed(seed)
-    unet = Kandinsky3UNet(**TINY_UNET_CONFIG).eval()
+    model = cls(**config).eval()
     with torch.no_grad():
-        for param in unet.parameters():
+        for param in model.parameters():
             if not param.any():
                 param.normal_(0.0, 0.05)
-    return unet
+    return model
+
+
+def build_tiny_unet(seed: int):
+    """A tiny Kandinsky3UNet of the official architecture with seeded random weights."""
+    from diffusers import Kandinsky3UNet
+
+    return _seeded(Kandinsky3UNet, TINY_UNET_CONFIG, seed)
 
 
 def write_official_checkpoint(unet, null_embedding, unet_path: Path, projection_path: Path) -> None:
@@ -725,17 +731,10 @@ TINY_MOVQ_CONFIG: dict[str, Any] = {"block_out_channels": (32, 32, 64, 64), "lay
 
 
 def build_tiny_movq(seed: int):
-    """A tiny VQModel in Sber-MoVQGAN's layout with seeded random weights (zero-initialised ones too)."""
-    import torch
+    """A tiny VQModel in Sber-MoVQGAN's layout with seeded random weights."""
     from diffusers import VQModel
 
-    torch.manual_seed(seed)
-    movq = VQModel(**TINY_MOVQ_CONFIG).eval()
-    with torch.no_grad():
-        for param in movq.parameters():
-            if not param.any():
-                param.normal_(0.0, 0.05)
-    return movq
+    return _seeded(VQModel, TINY_MOVQ_CONFIG, seed)
 
 
 def write_official_movq(movq, path: Path) -> None:

@@ -93,8 +93,9 @@ def _subfolder(source: str, name: str) -> str:
 
 
 class PromptEmbeddingCache:
-    """T5 outputs per prompt (before the projection, so 3.0 and Flash share them), kept in memory for the run and
-    on disk under `root/<encoder key>/`, one safetensors file per prompt named by the sha256 of the prompt."""
+    """T5 outputs per token sequence (before the projection, so 3.0 and Flash share them), kept in memory for the
+    run and on disk under `root/<encoder key>/`, one safetensors file per sequence named by the sha256 of its key
+    (the comma-joined token ids, which the file also stores to guard against a collision)."""
 
     def __init__(self, root: Path | None, encoder_key: str):
         self.root = root / encoder_key[:20] if root is not None else None

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+from tqdm.auto import tqdm
+
 from k3eval.generators.diffusers_pipeline import DiffusersPipelineGenerator
 from k3eval.utils import cache_dir, file_lock
 
@@ -34,11 +36,11 @@ def tiny_folder(name: str, build: Callable[[Path], None]) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        print(f"k3eval: building the offline model '{name}' in {root} (first use only)...", file=sys.stderr,
-              flush=True)
+        # tqdm.write: a generate progress bar may be on screen, and the line must not be glued to it
+        tqdm.write(f"k3eval: building the offline model '{name}' in {root} (first use only)...", file=sys.stderr)
         t0 = time.perf_counter()
         build(tmp)
-        print(f"k3eval: built '{name}' in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        tqdm.write(f"k3eval: built '{name}' in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         (tmp / ".complete").write_text("ok\n")
         if folder.exists():
             shutil.rmtree(folder)

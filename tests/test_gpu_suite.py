@@ -47,4 +47,4 @@ def test_gpu_suite_runs_whole_at_its_tiny_setting(tmp_path):
     md = (tmp_path / "gpu_suite.md").read_text()
     for heading in ("## U-Net", "## End to end", "## FID feature extraction", "## generate overhead"):
         assert heading in md
-    assert set(res["seconds"]) >= {"build", "unet", "end_to_end", "fid", "overhead", "total"}
+    assert set(res["seconds"]) >= {"build", "unet", "end_to_end", "fid", "overhead", "total", "process_cpu"}

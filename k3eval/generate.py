@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from k3eval.errors import UserError
-from k3eval.generators.base import GenRequest
+from k3eval.generators.base import NOISE_RULE, GenRequest
 from k3eval.prompts.core import PromptSet
 from k3eval.runs import RunFolder, classify_image, image_relpath, to_uint8
 from k3eval.seeds import SEED_RULE, image_seed
@@ -102,7 +102,7 @@ def run_info(gen, prompts: PromptSet, samples: int, benchmark_seed: int, extra: 
                        "license": prompts.license},
         "samples": samples,
         "seed": {"benchmark_seed": benchmark_seed, "rule": SEED_RULE,
-                 "noise": "initial noise drawn on the CPU in float32 from the image seed"},
+                 "noise": gen.noise_rule() if hasattr(gen, "noise_rule") else NOISE_RULE},
         "packages": package_versions(),
         "git_revision": git_revision(),
         "hardware": hardware_info(),
@@ -414,6 +414,9 @@ def finalize_run(run: RunFolder, items: Sequence[WorkItem], gen=None) -> dict[st
     for col in ("text_seconds", "denoise_seconds", "decode_seconds", "unet_evals", "peak_memory_mb"):
         if col in df and df[col].notna().any():
             totals[f"{col}_mean"] = float(df[col].mean())
+    if "prompt_truncated" in df:
+        # prompts the text encoder cut (the generator warned about each as it made it), counted over the whole run
+        totals["truncated_prompts"] = int(df.loc[df["prompt_truncated"].eq(True), "prompt_id"].nunique())
     if gen is not None and gen.load_seconds is not None:
         totals["load_seconds"] = gen.load_seconds
     info.update({"totals": totals, "finished": now_iso(),

@@ -120,3 +120,18 @@ def test_a_missing_reference_file_blocks_scoring_but_not_generating(tmp_path):
     validate_benchmark(ctx, ["generate"])
     with pytest.raises(UserError, match=r"metrics: --reference: not found: .*missing.npz"):
         validate_benchmark(ctx, ["generate", "score"])
+
+
+def test_an_unknown_diffusers_class_is_found_before_any_stage(tmp_path):
+    """A generator's own checks (here: a scheduler class diffusers does not have) run in the whole-benchmark check,
+    through the same hook `generate` uses, and `validate_params` gives the same answer."""
+    from k3eval.benchmark import validate_benchmark
+    from k3eval.generators import validate_params
+
+    gens = [{"generator": "tiny-sd"}, {"generator": "tiny-sd", "name": "second", "params": {"scheduler": "NoSuch"}}]
+    path = _write(tmp_path, {**BASE, "generators": gens})
+    ctx = BenchmarkContext(load_benchmark(path), path, root=tmp_path)
+    with pytest.raises(UserError, match=r"generators.1 \(second\): .*NoSuch"):
+        validate_benchmark(ctx, ["generate"])
+    with pytest.raises(UserError, match="NoSuch"):
+        validate_params("tiny-sd", {"scheduler": "NoSuch"})

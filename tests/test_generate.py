@@ -142,7 +142,7 @@ def test_parameter_errors():
         get_entry("tiny-sd").create({"step": 3})
     with pytest.raises(UserError, match="'steps' of 'tiny-sd' must be an integer, got 'many'"):
         get_entry("tiny-sd").create({"steps": "many"})
-    with pytest.raises(UserError, match="'height' of 'tiny-sd' must be at least 1"):
+    with pytest.raises(UserError, match="'height' of 'tiny-sd' must be between 1 and 4096"):
         get_entry("tiny-sd").create({"height": 0})
     with pytest.raises(UserError, match="unknown generator 'tiny-sdd'; did you mean 'tiny-sd'"):
         get_entry("tiny-sdd")

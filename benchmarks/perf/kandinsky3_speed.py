@@ -26,13 +26,16 @@ import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# Full size: the official U-Net config (diffusers' Kandinsky3UNet defaults), Flan-UL2's encoder dimensions and
-# Sber-MoVQGAN 270M as in kandinsky-community/kandinsky-3.
+# Full size: the official U-Net config (diffusers' Kandinsky3UNet defaults), FLAN-UL2's encoder config (google/flan-ul2
+# and kandinsky-community/kandinsky-3 text_encoder/config.json: gated-silu, 32 relative-position buckets up to 128)
+# and Sber-MoVQGAN 270M (kandinsky-community/kandinsky-3 movq/config.json; 270,603,567 parameters without the
+# codebook, as the official weights/movq.pt).
 FULL = {
     "unet": {},
     "t5": {"d_model": 4096, "d_kv": 256, "d_ff": 16384, "num_layers": 32, "num_heads": 16,
-           "feed_forward_proj": "gated-gelu"},
-    "movq": {"block_out_channels": (128, 256, 256, 512), "layers_per_block": 2, "norm_num_groups": 32,
+           "feed_forward_proj": "gated-silu", "relative_attention_num_buckets": 32,
+           "relative_attention_max_distance": 128, "layer_norm_epsilon": 1e-6},
+    "movq": {"block_out_channels": (256, 512, 512, 1024), "layers_per_block": 2, "norm_num_groups": 32,
              "num_vq_embeddings": 16384},
     "size": 1024, "matmul_n": 8192, "dtype": "bf16", "context_tokens": 32, "repeats": 5, "prompts": 3,
 }
@@ -83,22 +86,19 @@ def build(cfg: dict[str, Any], device: str, dtype: torch.dtype):
     from k3eval.generators.tiny import build_tokenizer
 
     tokenizer = build_tokenizer(128)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # build directly in the run dtype: the full T5 would need 34 GB in fp32
-    try:
-        with torch.device(device):
-            torch.manual_seed(0)
-            unet = Kandinsky3UNet(**cfg["unet"]).eval()
-            torch.manual_seed(1)
-            movq = VQModel(down_block_types=["DownEncoderBlock2D"] * 3 + ["AttnDownEncoderBlock2D"],
-                           up_block_types=["AttnUpDecoderBlock2D"] + ["UpDecoderBlock2D"] * 3, latent_channels=4,
-                           vq_embed_dim=4, norm_type="spatial", **cfg["movq"]).eval()
-            torch.manual_seed(2)
-            t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1,
-                                         decoder_start_token_id=0, **cfg["t5"])).eval()
-            null = torch.randn(unet.config.cross_attention_dim)
-    finally:
-        torch.set_default_dtype(old)
+    # Built on the device in float32 (the initialisers are written for it), then cast one network at a time: the full
+    # T5 peaks at 34 GB + its 17 GB bf16 copy, which fits a large GPU; nothing is initialised on the CPU.
+    with torch.device(device):
+        torch.manual_seed(0)
+        unet = Kandinsky3UNet(**cfg["unet"]).eval().to(dtype)
+        torch.manual_seed(1)
+        movq = VQModel(down_block_types=["DownEncoderBlock2D"] * 3 + ["AttnDownEncoderBlock2D"],
+                       up_block_types=["AttnUpDecoderBlock2D"] + ["UpDecoderBlock2D"] * 3, latent_channels=4,
+                       vq_embed_dim=4, norm_type="spatial", **cfg["movq"]).eval().to(dtype)
+        torch.manual_seed(2)
+        t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1,
+                                     decoder_start_token_id=0, **cfg["t5"])).eval().to(dtype)
+        null = torch.randn(unet.config.cross_attention_dim)
     return unet, null, movq, t5, tokenizer
 
 

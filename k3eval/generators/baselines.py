@@ -3,7 +3,8 @@
 The catalog (`catalog/baselines.yaml`) holds each model card's defaults (hub id, pipeline class, steps, guidance,
 resolution, scheduler); the classes here add what a family needs beyond one pipeline call:
 
-- Stable Diffusion 1.5 / 2.1: the safety checker is a parameter (its blacked-out images would count as `black`).
+- Stable Diffusion 1.5 / 2.1: the safety checker is a parameter (its blacked-out images would count as `black`);
+  SD 1.5 ships one, SD 2.1 does not (its `model_index.json` has none), and run.json says whether one ran.
 - SDXL: the optional refiner as an ensemble of expert denoisers (the base denoises the first `high_noise_frac` of
   the schedule, the refiner the rest), and an optional replacement VAE (the stock VAE overflows in fp16).
 - Kandinsky 2.2: a prior pipeline (text -> CLIP image embedding) and a decoder pipeline; both get CPU-seeded noise.
@@ -19,7 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from k3eval.errors import UserError
-from k3eval.generators.base import GenRequest, torch_dtype
+from k3eval.generators.base import BOUNDS, GenRequest, check_bounds, torch_dtype
 from k3eval.generators.diffusers_pipeline import (
     DiffusersPipelineGenerator,
     dtype_kwarg,
@@ -27,6 +28,7 @@ from k3eval.generators.diffusers_pipeline import (
     step_generators,
     weights_not_found,
 )
+from k3eval.generators.hub import DEFAULT_REVISION
 from k3eval.seeds import cpu_noise
 
 #: offset of the prior's initial-noise stream from the image seed (Kandinsky 2.2), so it differs from the decoder's
@@ -44,6 +46,17 @@ class StableDiffusionGenerator(DiffusersPipelineGenerator):
             return {}
         return {"safety_checker": None, "requires_safety_checker": False}
 
+    def load(self) -> None:
+        super().load()
+        if self.params["safety_checker"] and self.pipe.safety_checker is None:
+            self.warn(f"{self.name}: safety_checker=true, but {self.params['model']} ships no safety checker; none ran")
+
+    def weights_info(self) -> dict[str, Any]:
+        info = super().weights_info()
+        if self.pipe is not None:
+            info["safety_checker_ran"] = self.pipe.safety_checker is not None
+        return info
+
 
 class SDXLGenerator(DiffusersPipelineGenerator):
     """SDXL base, with the refiner when `refiner: true` (ensemble of experts, split at `high_noise_frac`)."""
@@ -51,42 +64,49 @@ class SDXLGenerator(DiffusersPipelineGenerator):
     defaults: ClassVar[dict[str, Any]] = {**DiffusersPipelineGenerator.defaults,
                                           "pipeline_class": "StableDiffusionXLPipeline", "refiner": False,
                                           "refiner_model": "stabilityai/stable-diffusion-xl-refiner-1.0",
-                                          "high_noise_frac": 0.8, "vae": None}
+                                          "refiner_revision": DEFAULT_REVISION, "high_noise_frac": 0.8, "vae": None,
+                                          "vae_revision": DEFAULT_REVISION}
 
     refiner: Any = None
+
+    def __init__(self, name: str, params: dict[str, Any], device: str = "cpu", dtype: str | None = None):
+        super().__init__(name, params, device=device, dtype=dtype)
+        frac = float(self.params["high_noise_frac"])
+        if not 0.0 < frac < 1.0:
+            raise UserError(f"parameter 'high_noise_frac' of '{self.name}' must be between 0 and 1, got {frac}")
 
     def load_kwargs(self) -> dict[str, Any]:
         if not self.params.get("vae"):
             return {}
         from diffusers import AutoencoderKL
 
-        vae = str(self.params["vae"])
+        vae, revision = str(self.params["vae"]), self.params.get("vae_revision")
         try:
-            return {"vae": AutoencoderKL.from_pretrained(vae, **{dtype_kwarg(): torch_dtype(self.dtype)})}
+            model = AutoencoderKL.from_pretrained(vae, revision=revision, **{dtype_kwarg(): torch_dtype(self.dtype)})
         except (OSError, ValueError) as e:
-            raise weights_not_found(vae, e) from None
+            raise weights_not_found(vae, e, revision, "vae") from None
+        self.record_source("vae", vae, revision, "config.json")
+        return {"vae": model}
 
     def refiner_path(self) -> str:
         return str(self.params["refiner_model"])
 
     def load(self) -> None:
-        frac = float(self.params["high_noise_frac"])
-        if not 0.0 < frac < 1.0:
-            raise UserError(f"parameter 'high_noise_frac' of '{self.name}' must be between 0 and 1, got {frac}")
         super().load()
         if not self.params["refiner"]:
             return
         from diffusers import StableDiffusionXLImg2ImgPipeline
 
-        path = self.refiner_path()
+        path, revision = self.refiner_path(), self.params.get("refiner_revision")
         try:
             # The refiner shares the base's second text encoder and VAE (as the model card loads it).
             refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(
-                path, text_encoder_2=self.pipe.text_encoder_2, vae=self.pipe.vae,
+                path, text_encoder_2=self.pipe.text_encoder_2, vae=self.pipe.vae, revision=revision,
                 **{dtype_kwarg(): torch_dtype(self.dtype)}, **({"variant": self.params["variant"]}
                                                                if self.params.get("variant") else {}))
         except (OSError, ValueError) as e:
-            raise weights_not_found(path, e) from None
+            raise weights_not_found(path, e, revision, "refiner_model") from None
+        self.record_source("refiner", path, revision, "model_index.json")
         self.refiner = refiner.to(self.device)
         self.refiner.set_progress_bar_config(disable=True)
 
@@ -117,14 +137,25 @@ class SDXLGenerator(DiffusersPipelineGenerator):
 
 
 class Kandinsky22Generator(DiffusersPipelineGenerator):
-    """Kandinsky 2.2: KandinskyV22PriorPipeline (`prior_model`) then KandinskyV22Pipeline (`model`)."""
+    """Kandinsky 2.2: KandinskyV22PriorPipeline (`prior_model`) then KandinskyV22Pipeline (`model`).
+
+    The prior's guidance is 1.0 as on the model card and in the diffusers docs (the prior pipeline's own default is
+    4.0); at 1.0 the prior runs unguided. The decoder rounds height and width up to multiples of 64."""
 
     defaults: ClassVar[dict[str, Any]] = {**DiffusersPipelineGenerator.defaults,
                                           "pipeline_class": "KandinskyV22Pipeline",
                                           "prior_model": "kandinsky-community/kandinsky-2-2-prior",
-                                          "prior_steps": 25, "prior_guidance": 4.0}
+                                          "prior_revision": DEFAULT_REVISION, "prior_steps": 25,
+                                          "prior_guidance": 1.0}
+    size_multiple: ClassVar[int] = 64
+    rounds_size: ClassVar[bool] = True
+    size_reason: ClassVar[str] = " (the MoVQ decoder works on multiples of 64)"
 
     prior: Any = None
+
+    def __init__(self, name: str, params: dict[str, Any], device: str = "cpu", dtype: str | None = None):
+        super().__init__(name, params, device=device, dtype=dtype)
+        check_bounds(name, self.params, {"prior_steps": BOUNDS["steps"]})
 
     def prior_path(self) -> str:
         return str(self.params["prior_model"])
@@ -134,19 +165,26 @@ class Kandinsky22Generator(DiffusersPipelineGenerator):
         quiet_hub_logging()
         from diffusers import KandinskyV22PriorPipeline
 
-        path = self.prior_path()
+        path, revision = self.prior_path(), self.params.get("prior_revision")
         try:
-            prior = KandinskyV22PriorPipeline.from_pretrained(path, **{dtype_kwarg(): torch_dtype(self.dtype)})
+            prior = KandinskyV22PriorPipeline.from_pretrained(path, revision=revision,
+                                                              **{dtype_kwarg(): torch_dtype(self.dtype)})
         except (OSError, ValueError) as e:
-            raise weights_not_found(path, e) from None
+            raise weights_not_found(path, e, revision, "prior_model") from None
+        self.record_source("prior", path, revision, "model_index.json")
         self.prior = prior.to(self.device)
         self.prior.set_progress_bar_config(disable=True)
 
+    def text_limits(self) -> list[tuple[Any, int]]:
+        # the prompt reaches only the prior's CLIP text encoder
+        tok = self.prior.tokenizer
+        return [(tok, int(tok.model_max_length))]
+
     def latent_shape(self) -> tuple[int, ...]:
-        # The decoder rounds height/width up to a multiple of movq_scale_factor**2 and uses latents of size /factor.
+        # Height and width are multiples of 64 (rounded in __init__); the decoder's latents are 8x smaller.
         factor = 2 ** (len(self.pipe.movq.config.block_out_channels) - 1)
         h, w = (int(self.params[k]) for k in ("height", "width"))
-        return (self.pipe.unet.config.in_channels, -(-h // factor**2) * factor, -(-w // factor**2) * factor)
+        return (self.pipe.unet.config.in_channels, h // factor, w // factor)
 
     def run_pipeline(self, requests: Sequence[GenRequest]) -> np.ndarray:
         import torch
@@ -184,6 +222,15 @@ class PixArtGenerator(DiffusersPipelineGenerator):
 
     defaults: ClassVar[dict[str, Any]] = {**DiffusersPipelineGenerator.defaults,
                                           "pipeline_class": "PixArtAlphaPipeline", "max_sequence_length": 120}
+    #: the T5 tokenizers' own limit; the context (and attention memory) grows with it
+    MAX_SEQUENCE_LENGTH = 512
+
+    def __init__(self, name: str, params: dict[str, Any], device: str = "cpu", dtype: str | None = None):
+        super().__init__(name, params, device=device, dtype=dtype)
+        check_bounds(name, self.params, {"max_sequence_length": (1, self.MAX_SEQUENCE_LENGTH)})
+
+    def text_limits(self) -> list[tuple[Any, int]]:
+        return [(self.pipe.tokenizer, int(self.params["max_sequence_length"]))]
 
     def call_kwargs(self, requests: Sequence[GenRequest]) -> dict[str, Any]:
         # Caption cleaning needs extra packages and changes the prompt; binning would change the output size.

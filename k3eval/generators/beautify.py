@@ -1,7 +1,8 @@
 """Prompt beautification (Kandinsky 3.0 report, section 5): a causal LM rewrites each prompt before generation.
 
 The report used Intel `neural-chat-7b-v3-1` with the system message below; the model's answer replaces the prompt.
-`k3eval generate ... --beautify MODEL` calls `load_beautifier`; generate.py caches the rewrites in the run folder
+`k3eval generate ... --beautify MODEL[@REVISION]` calls `load_beautifier` (a hub model is read at REVISION, `main`
+by default, and the commit it resolved to is recorded); generate.py caches the rewrites in the run folder
 (`beautified.json`, `beautified_prompt` column) and keeps the original prompt. Decoding is greedy, so a rewrite
 depends only on the model and the prompt (no seed). `tiny-lm` is an offline LM built from a config with random
 weights (tests, demo): its rewrites are gibberish but run the whole path.
@@ -33,8 +34,9 @@ class Beautifier:
     other prompts), greedy decoding, at most `max_new_tokens` new tokens."""
 
     def __init__(self, model_id: str, tokenizer, model, device: str = "cpu", max_new_tokens: int = 128,
-                 system_message: str = SYSTEM_MESSAGE):
+                 system_message: str = SYSTEM_MESSAGE, source: dict[str, Any] | None = None):
         self.model_id = model_id
+        self.source = source or {}
         self.tokenizer = tokenizer
         self.model = model
         self.device = device
@@ -74,7 +76,7 @@ class Beautifier:
         return {"model": self.model_id, "system_message": self.system_message, "template": self.template,
                 "decoding": "greedy", "max_new_tokens": self.max_new_tokens,
                 "dtype": str(self.model.dtype).replace("torch.", ""),
-                "random_weights": self.model_id == TINY_MODEL}
+                "random_weights": self.model_id == TINY_MODEL, "source": self.source}
 
 
 def build_tiny_lm(folder: Path) -> None:
@@ -94,17 +96,29 @@ def build_tiny_lm(folder: Path) -> None:
     tok.save_pretrained(folder)
 
 
+def split_revision(spec: str) -> tuple[str, str | None]:
+    """'ORG/NAME@REVISION' -> (ORG/NAME, REVISION); a local path or a bare id keeps revision None (main)."""
+    if "@" in spec and not Path(spec).exists():
+        model, _, revision = spec.rpartition("@")
+        if model and revision:
+            return model, revision
+    return spec, None
+
+
 def load_beautifier(model_id: str = DEFAULT_MODEL, device: str = "cpu", dtype: str | None = None,
                     max_new_tokens: int | None = None) -> Beautifier:
-    """Load a causal LM (hub id or local folder; `tiny-lm` for the offline one) as a Beautifier.
+    """Load a causal LM (hub id, optionally `@REVISION`, or local folder; `tiny-lm` for the offline one) as a
+    Beautifier.
 
     dtype: fp32/fp16/bf16; default bf16 on CUDA, fp32 on the CPU. max_new_tokens: default 128 (16 for tiny-lm)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from k3eval.generators.base import check_dtype, torch_dtype
-    from k3eval.generators.diffusers_pipeline import quiet_hub_logging
+    from k3eval.generators.diffusers_pipeline import quiet_hub_logging, transformers_dtype_kwarg
+    from k3eval.generators.hub import download_hint, source_record
 
     quiet_hub_logging()
+    model_id, revision = split_revision(model_id)
     source = model_id
     if model_id == TINY_MODEL:
         from k3eval.generators.tiny import tiny_folder
@@ -112,13 +126,16 @@ def load_beautifier(model_id: str = DEFAULT_MODEL, device: str = "cpu", dtype: s
         source = str(tiny_folder(TINY_MODEL, build_tiny_lm))
     name = check_dtype(dtype) or ("bf16" if device.startswith("cuda") else "fp32")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype(name)).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(source, revision=revision,
+                                                     **{transformers_dtype_kwarg(): torch_dtype(name)})
+        model = model.to(device).eval()
     except (OSError, ValueError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"--beautify: cannot load the language model '{model_id}' ({first}). Offline, download it on "
-                        f"a machine with access (`huggingface-cli download {model_id}`) into the Hugging Face cache, "
-                        "or pass a local folder: --beautify /path/to/model") from None
+                        f"a machine with access ({download_hint(model_id, revision=revision)}) into the Hugging Face "
+                        "cache, or pass a local folder: --beautify /path/to/model") from None
     if max_new_tokens is None:
         max_new_tokens = 16 if model_id == TINY_MODEL else 128
-    return Beautifier(model_id, tokenizer, model, device=device, max_new_tokens=max_new_tokens)
+    return Beautifier(model_id, tokenizer, model, device=device, max_new_tokens=max_new_tokens,
+                      source=source_record("beautifier", source, revision, "config.json"))

@@ -15,13 +15,17 @@ import numpy as np
 
 from k3eval.errors import UserError
 from k3eval.generators.base import Generator, GenOutput, GenRequest, torch_dtype
+from k3eval.generators.hub import DEFAULT_REVISION
 from k3eval.seeds import cpu_noise
 
 
-def weights_not_found(model: str, err: Exception) -> UserError:
-    return UserError(f"cannot load weights '{model}': {str(err).splitlines()[0] if str(err) else type(err).__name__}. "
-                     "Offline, download them on a machine with access (`huggingface-cli download "
-                     f"{model}`) into the Hugging Face cache, or pass a local folder with --set model=/path/to/folder")
+def weights_not_found(model: str, err: Exception, revision: str | None = None, param: str = "model") -> UserError:
+    from k3eval.generators.hub import download_hint
+
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return UserError(f"cannot load weights '{model}' (revision {revision or 'main'}): {first}. Offline, download them "
+                     f"on a machine with access ({download_hint(model, revision=revision)}) into the Hugging Face "
+                     f"cache, or pass a local folder with --set {param}=/path/to/folder")
 
 
 def dtype_kwarg() -> str:
@@ -30,6 +34,22 @@ def dtype_kwarg() -> str:
     from diffusers.utils import deprecation_utils
 
     return "dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
+
+
+#: transformers renamed `from_pretrained(torch_dtype=)` to `dtype=` in 4.56 (PR 39782); 4.44-4.55, which pyproject
+#: allows, do not know `dtype` and fail on it, while 5.x warns on `torch_dtype`.
+TRANSFORMERS_DTYPE_SINCE = (4, 56)
+
+
+def transformers_dtype_kwarg(version: str | None = None) -> str:
+    """The name transformers `version` (default: the installed one) gives the load dtype of `from_pretrained`."""
+    from packaging.version import Version
+
+    if version is None:
+        import transformers
+
+        version = transformers.__version__
+    return "dtype" if Version(version).release[:2] >= TRANSFORMERS_DTYPE_SINCE else "torch_dtype"
 
 
 def quiet_hub_logging() -> None:
@@ -75,10 +95,13 @@ STEP_NOISE_OFFSET = 0x5EED
 class DiffusersPipelineGenerator(Generator):
     """A diffusers pipeline loaded with `from_pretrained` and called with per-image CPU-seeded latents."""
 
-    defaults: ClassVar[dict[str, Any]] = {"model": None, "pipeline_class": None, "height": 512, "width": 512,
-                                          "steps": 50, "guidance": 7.5, "negative_prompt": None,
-                                          "scheduler": None, "variant": None}
+    defaults: ClassVar[dict[str, Any]] = {"model": None, "revision": DEFAULT_REVISION, "pipeline_class": None,
+                                          "height": 512, "width": 512, "steps": 50, "guidance": 7.5,
+                                          "negative_prompt": None, "scheduler": None, "variant": None}
     extra_keys: ClassVar[tuple[str, ...]] = ()
+    # Latent-diffusion pipelines check `height % 8` (their VAE downsamples x8) and raise: refuse the same up front.
+    size_multiple: ClassVar[int] = 8
+    size_reason: ClassVar[str] = " (the VAE downsamples x8)"
 
     pipe: Any = None
 
@@ -100,19 +123,27 @@ class DiffusersPipelineGenerator(Generator):
             raise UserError(f"generator '{self.name}': diffusers has no pipeline class '{name}'")
         return cls
 
+    def check_params(self) -> None:
+        """Refuse a pipeline or scheduler class name diffusers does not have (without loading any weights)."""
+        self.pipeline_cls()
+        if self.params.get("scheduler"):
+            self._scheduler_cls(str(self.params["scheduler"]))
+
     def load(self) -> None:
         quiet_hub_logging()
         model = self.model_path()
-        kwargs: dict[str, Any] = {dtype_kwarg(): torch_dtype(self.dtype)}
+        revision = self.params.get("revision")
+        kwargs: dict[str, Any] = {dtype_kwarg(): torch_dtype(self.dtype), "revision": revision}
         if self.params.get("variant"):
             kwargs["variant"] = self.params["variant"]
         kwargs.update(self.load_kwargs())
         try:
             pipe = self.pipeline_cls().from_pretrained(model, **kwargs)
         except (OSError, ValueError) as e:
-            raise weights_not_found(model, e) from None
+            raise weights_not_found(model, e, revision) from None
+        self.record_source("pipeline", model, revision, "model_index.json")
         if self.params.get("scheduler"):
-            pipe.scheduler = self._make_scheduler(pipe, str(self.params["scheduler"]))
+            pipe.scheduler = self._scheduler_cls(str(self.params["scheduler"])).from_config(pipe.scheduler.config)
         self.pipe = pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
 
@@ -120,12 +151,12 @@ class DiffusersPipelineGenerator(Generator):
         """Extra `from_pretrained` arguments of a family (a replacement VAE, no safety checker...)."""
         return {}
 
-    def _make_scheduler(self, pipe, name: str):
+    def _scheduler_cls(self, name: str):
         diffusers = importlib.import_module("diffusers")
         cls = getattr(diffusers, name, None)
         if cls is None:
             raise UserError(f"generator '{self.name}': diffusers has no scheduler '{name}'")
-        return cls.from_config(pipe.scheduler.config)
+        return cls
 
     # ---- generation ---------------------------------------------------------------------------------------------
     def latent_shape(self) -> tuple[int, ...]:
@@ -154,6 +185,28 @@ class DiffusersPipelineGenerator(Generator):
         net_dtype = torch_dtype(self.dtype)
         return latents.to(device=self.device, dtype=net_dtype)
 
+    def text_limits(self) -> list[tuple[Any, int]]:
+        """(tokenizer, most tokens the text encoder takes) for each text encoder the prompt goes through."""
+        out = []
+        for name in ("tokenizer", "tokenizer_2"):
+            tok = getattr(self.pipe, name, None)
+            if tok is not None and tok.model_max_length < 100_000:  # T5 tokenizers without a set length say 1e30
+                out.append((tok, int(tok.model_max_length)))
+        return out
+
+    def prompt_extras(self, requests: Sequence[GenRequest]) -> list[dict[str, Any]]:
+        """Per request: its token count and whether a text encoder cuts it (see `Generator.token_extras`)."""
+        limits = self.text_limits()
+        out = []
+        for r in requests:
+            counts = [(len(tok(r.prompt, truncation=False, verbose=False).input_ids), limit) for tok, limit in limits]
+            if not counts:
+                out.append({})
+                continue
+            n, limit = max(counts, key=lambda c: c[0] - c[1])
+            out.append(self.token_extras(r.prompt, n, limit))
+        return out
+
     def generate(self, requests: Sequence[GenRequest]) -> list[GenOutput]:
         import torch
 
@@ -164,7 +217,10 @@ class DiffusersPipelineGenerator(Generator):
             images = self.run_pipeline(requests)
         seconds = (time.perf_counter() - t0) / len(requests)
         peak = peak_memory_mb(self.device)
-        return [GenOutput(images[i], {"seconds": seconds, "peak_memory_mb": peak}) for i in range(len(requests))]
+        self.note_output_size(*images.shape[1:3])
+        extras = self.prompt_extras(requests)
+        return [GenOutput(images[i], {"seconds": seconds, "peak_memory_mb": peak, **extras[i]})
+                for i in range(len(requests))]
 
     def run_pipeline(self, requests: Sequence[GenRequest]) -> np.ndarray:
         """Call the pipeline once for the batch; returns float32 images (B, H, W, 3) in [0, 1]. Families with more
@@ -174,7 +230,7 @@ class DiffusersPipelineGenerator(Generator):
         return np.asarray(out.images, dtype=np.float32)
 
     def weights_info(self) -> dict[str, Any]:
-        return {"model": self.params.get("model")}
+        return {"model": self.params.get("model"), "revision": self.params.get("revision")}
 
     def close(self) -> None:
         self.pipe = None

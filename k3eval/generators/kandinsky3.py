@@ -1,12 +1,22 @@
 """Kandinsky 3.0 as released, Kandinsky 3.1 Flash, and Kandinsky 3.0 as diffusers runs it.
 
-- `kandinsky3`: the official sampler (`kandinsky3_sampler.sample_released`) on the official U-Net weights
-  (`ai-forever/Kandinsky3.1`, `weights/kandinsky3.pt` + `projection.pt`), converted in memory to diffusers'
-  `Kandinsky3UNet`; the T5 encoder and MoVQ come from the diffusers-format repo `kandinsky-community/kandinsky-3`.
+- `kandinsky3`: the official sampler (`kandinsky3_sampler.sample_released`) on the official weights of
+  `ai-forever/Kandinsky3.1` (`weights/kandinsky3.pt` + `projection.pt`, and `weights/movq.pt`, the decoder the release
+  uses), converted in memory to diffusers' `Kandinsky3UNet` and `VQModel`; the T5 encoder and its tokenizer come from
+  the diffusers-format repo `kandinsky-community/kandinsky-3`.
 - `kandinsky3-flash`: the 4-step Flash sampler on `kandinsky3_flash.pt` + `projection_flash.pt`; same encoder, MoVQ.
 - `kandinsky3-diffusers`: diffusers' `Kandinsky3Pipeline` unchanged (DDPM, static clipping, zero null context).
-- `tiny-kandinsky3-released` / `tiny-kandinsky3-flash`: the first two on tiny random components whose U-Net
+- `tiny-kandinsky3-released` / `tiny-kandinsky3-flash`: the first two on tiny random components whose U-Net and MoVQ
   checkpoints are written in the official key layout and .pt format, so tests run the real conversion path.
+
+What the release does, and k3eval with it by default (docs/kandinsky3.md has the table of what still differs):
+- Text: the prompt's T5 tokens (at most 128); the T5 output is projected (Linear without bias, LayerNorm) with the
+  projection cast to the text encoder's dtype, under CUDA autocast, so the Linear runs in fp16 and the LayerNorm in
+  float32 (`projection_dtype=text_encoder`; `unet` runs both in the U-Net's dtype instead).
+- Negative prompt: its tokens cut to the prompt's token count, the last one made end-of-text, encoded with the
+  prompt's attention mask (`negative_mode=release`; `pad` encodes it whole and pads the shorter context).
+- Noise: k3eval draws each image's noise on the CPU from its seed (`noise=cpu`); `noise=release` draws as the
+  official loops do after `torch.manual_seed(seed)` on the device.
 
 Why the text projection runs outside the U-Net here: the release projects the T5 output, zeroes padded positions
 and cuts the context, and puts the learned null embedding (already in projected space) into the unconditional
@@ -21,6 +31,7 @@ U-Net batch, so an image never depends on the other prompts of its batch.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -33,14 +44,17 @@ from typing import Any, ClassVar
 import numpy as np
 
 from k3eval.errors import UserError
-from k3eval.generators.base import Generator, GenOutput, GenRequest, check_dtype, torch_dtype
+from k3eval.generators.base import Generator, GenOutput, GenRequest, check_choice, check_dtype, torch_dtype
 from k3eval.generators.diffusers_pipeline import (
     DiffusersPipelineGenerator,
+    dtype_kwarg,
     peak_memory_mb,
     quiet_hub_logging,
     reset_peak_memory,
     step_generators,
+    transformers_dtype_kwarg,
 )
+from k3eval.generators.hub import DEFAULT_REVISION, download_hint
 from k3eval.seeds import cpu_noise
 
 log = logging.getLogger("k3eval")
@@ -48,34 +62,26 @@ log = logging.getLogger("k3eval")
 OFFICIAL_REPO = "ai-forever/Kandinsky3.1"
 DIFFUSERS_REPO = "kandinsky-community/kandinsky-3"
 OFFLOAD_MODES = ("none", "model", "sequential")
+NEGATIVE_MODES = ("release", "pad")
+PROJECTION_DTYPES = ("text_encoder", "unet")
+NOISE_MODES = ("cpu", "release")
 TEXT_MAX_LENGTH = 128
-#: Width and height must be multiples of this: MoVQ downsamples x8 and the U-Net three more times x2.
-SIZE_MULTIPLE = 64
 _MEMORY_CACHE_SIZE = 512
 
 
-def round_size(name: str, generator: str, params: dict[str, Any], warnings: list[str]) -> None:
-    """Round params['height'/'width'] up to a multiple of 64, recording a warning that says what it became."""
-    value = params.get(name)
-    if isinstance(value, int) and value % SIZE_MULTIPLE:
-        rounded = -(-value // SIZE_MULTIPLE) * SIZE_MULTIPLE
-        msg = f"{generator}: {name} {value} is not a multiple of {SIZE_MULTIPLE}; rounded up to {rounded}"
-        warnings.append(msg)
-        log.warning(msg)
-        params[name] = rounded
-
-
-def hub_file(repo: str, filename: str, param: str) -> Path:
-    """A file of a hub repo from the local Hugging Face cache (or the hub when online), with a clear error."""
+def hub_file(repo: str, filename: str, param: str, revision: str | None = None) -> Path:
+    """A file of a hub repo at `revision` from the local Hugging Face cache (or the hub when online), with a clear
+    error."""
     from huggingface_hub import hf_hub_download
 
     try:
-        return Path(hf_hub_download(repo, filename))
+        return Path(hf_hub_download(repo, filename, revision=revision or DEFAULT_REVISION))
     except Exception as e:  # noqa: BLE001 - hub errors vary by version (offline, missing, gated); all mean "not here"
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"cannot find '{filename}' of the hub repo '{repo}' ({first}). Offline, download it on a "
-                        f"machine with access (`huggingface-cli download {repo} {filename}`) into the Hugging Face "
-                        f"cache, or pass a local file with --set {param}=/path/to/{Path(filename).name}") from None
+        raise UserError(f"cannot find '{filename}' of the hub repo '{repo}' (revision {revision or 'main'}: {first}). "
+                        f"Offline, download it on a machine with access ({download_hint(repo, (filename,), revision)})"
+                        f" into the Hugging Face cache, or pass a local file with --set {param}=/path/to/"
+                        f"{Path(filename).name}") from None
 
 
 def _subfolder(source: str, name: str) -> str:
@@ -87,8 +93,9 @@ def _subfolder(source: str, name: str) -> str:
 
 
 class PromptEmbeddingCache:
-    """T5 outputs per prompt (before the projection, so 3.0 and Flash share them), kept in memory for the run and
-    on disk under `root/<encoder key>/`, one safetensors file per prompt named by the sha256 of the prompt."""
+    """T5 outputs per token sequence (before the projection, so 3.0 and Flash share them), kept in memory for the
+    run and on disk under `root/<encoder key>/`, one safetensors file per sequence named by the sha256 of its key
+    (the comma-joined token ids, which the file also stores to guard against a collision)."""
 
     def __init__(self, root: Path | None, encoder_key: str):
         self.root = root / encoder_key[:20] if root is not None else None
@@ -143,18 +150,22 @@ class Kandinsky3ReleasedGenerator(Generator):
 
     defaults: ClassVar[dict[str, Any]] = {
         "height": 1024, "width": 1024, "steps": 50, "guidance": 3.0, "eta": 1.0, "threshold_quantile": 0.99,
-        "negative_prompt": None,
-        "unet": None, "projection": None, "weights_repo": OFFICIAL_REPO,
-        "text_encoder": None, "movq": None, "variant": "fp16",
-        "unet_dtype": None, "text_encoder_dtype": None, "movq_dtype": None,
+        "negative_prompt": None, "negative_mode": "release", "projection_dtype": "text_encoder", "noise": "cpu",
+        "unet": None, "projection": None, "movq": None, "weights_repo": OFFICIAL_REPO, "revision": DEFAULT_REVISION,
+        "text_encoder": None, "text_encoder_revision": DEFAULT_REVISION, "movq_revision": DEFAULT_REVISION,
+        "variant": "fp16", "unet_dtype": None, "text_encoder_dtype": None, "movq_dtype": None,
         "offload": "none", "embedding_cache": "auto", "head_dim": 64, "groups": 32,
     }
     #: the hub files of the official weights repo
     unet_file: ClassVar[str] = "weights/kandinsky3.pt"
     projection_file: ClassVar[str] = "weights/flan_ul2_encoder/projection.pt"
+    movq_file: ClassVar[str] = "weights/movq.pt"
     #: the release's dtypes (README of ai-forever/Kandinsky-3): fp32 U-Net and MoVQ, fp16 text encoder
     component_dtypes: ClassVar[dict[str, str]] = {"unet": "fp32", "text_encoder": "fp16", "movq": "fp32"}
     sampler: ClassVar[str] = "released"
+    size_multiple: ClassVar[int] = 64
+    rounds_size: ClassVar[bool] = True
+    size_reason: ClassVar[str] = " (MoVQ x8, U-Net x8)"
 
     def __init__(self, name: str, params: dict[str, Any], device: str = "cpu", dtype: str | None = None):
         super().__init__(name, params, device=device, dtype=dtype)
@@ -165,16 +176,18 @@ class Kandinsky3ReleasedGenerator(Generator):
             except UserError:
                 raise UserError(f"parameter '{key}' of '{name}': unknown dtype {p[key]!r}; use fp32, fp16 or bf16") \
                     from None
-        if p["offload"] not in OFFLOAD_MODES:
-            raise UserError(f"parameter 'offload' of '{name}': got {p['offload']!r}; use one of "
-                            f"{', '.join(OFFLOAD_MODES)}")
+        check_choice(name, p, "offload", OFFLOAD_MODES)
+        check_choice(name, p, "negative_mode", NEGATIVE_MODES)
+        check_choice(name, p, "projection_dtype", PROJECTION_DTYPES)
+        check_choice(name, p, "noise", NOISE_MODES)
         if not 0.0 < float(p["threshold_quantile"]) <= 1.0:
             raise UserError(f"parameter 'threshold_quantile' of '{name}' must be in (0, 1], "
                             f"got {p['threshold_quantile']}")
         if float(p.get("eta") or 0.0) < 0:
             raise UserError(f"parameter 'eta' of '{name}' must be >= 0, got {p['eta']}")
-        round_size("height", name, p, self.warnings)
-        round_size("width", name, p, self.warnings)
+        for key in ("head_dim", "groups"):
+            if int(p[key]) < 1:
+                raise UserError(f"parameter '{key}' of '{name}' must be at least 1, got {p[key]}")
         self.check_sampler_params()
         self.unet = self.projection = self.null_embedding = self.movq = None
         self.tokenizer = self.text_encoder = None
@@ -183,9 +196,6 @@ class Kandinsky3ReleasedGenerator(Generator):
         self._sources: dict[str, Any] = {}
 
     def check_sampler_params(self) -> None:
-        steps = int(self.params["steps"])
-        if steps > 1000:
-            raise UserError(f"parameter 'steps' of '{self.name}' must be at most 1000, got {steps}")
         if self.params["guidance"] is None:
             raise UserError(f"parameter 'guidance' of '{self.name}' must be a number (the release uses 3.0)")
 
@@ -195,18 +205,29 @@ class Kandinsky3ReleasedGenerator(Generator):
         name = self.params.get(f"{component}_dtype") or self.dtype or self.component_dtypes[component]
         return torch_dtype(name)
 
+    def context_dtype(self):
+        """The dtype of the projected context and the null embedding: float32 as in the release (its LayerNorm runs
+        in float32 under autocast), or the U-Net's with `projection_dtype=unet`."""
+        import torch
+
+        return torch.float32 if self.params["projection_dtype"] == "text_encoder" else self.component_dtype("unet")
+
     def weights_file(self, param: str, filename: str) -> Path:
-        """A local path given as parameter `param`, else `filename` of the official weights repo."""
+        """A local path given as parameter `param`, else `filename` of the official weights repo at `revision`."""
         given = self.params.get(param)
         if given:
             p = Path(str(given)).expanduser()
             if not p.exists():
                 raise UserError(f"parameter '{param}' of '{self.name}': {p} does not exist")
+            self.record_source(param, str(p), None, "")
             return p
-        return hub_file(str(self.params["weights_repo"]), filename, param)
+        repo, revision = str(self.params["weights_repo"]), self.params.get("revision")
+        path = hub_file(repo, filename, param, revision)
+        self.record_source(param, repo, revision, filename)
+        return path
 
     def diffusers_source(self, param: str) -> str:
-        """Hub id or local folder of the text encoder / MoVQ (a diffusers-format Kandinsky 3 repo by default)."""
+        """Hub id or local folder of the text encoder (a diffusers-format Kandinsky 3 repo by default)."""
         return str(self.params.get(param) or DIFFUSERS_REPO)
 
     # ---- loading ----------------------------------------------------------------------------------------------------
@@ -229,6 +250,8 @@ class Kandinsky3ReleasedGenerator(Generator):
                                      "conversion": conv.conversion_info(path)}
         else:
             unet_sd, null = conv.load_official_unet(path)
+            conv.check_groups_and_heads(unet_sd, int(self.params["groups"]), int(self.params["head_dim"]),
+                                        f"U-Net checkpoint {path}", ("--set groups=", "--set head_dim="))
             proj_path = self.weights_file("projection", self.projection_file)
             proj_sd = conv.load_projection(proj_path)
             config = conv.infer_config(unet_sd, proj_sd, head_dim=int(self.params["head_dim"]),
@@ -244,12 +267,13 @@ class Kandinsky3ReleasedGenerator(Generator):
     def _adopt_unet(self, unet, null_embedding) -> None:
         import torch
 
-        dtype = self.component_dtype("unet")
-        # the projection runs outside the U-Net (see the module docstring)
-        self.projection = unet.encoder_hid_proj.to(device=self.device, dtype=dtype).eval()
+        # the projection runs outside the U-Net (see the module docstring), in the dtype `projection_dtype` names
+        proj_dtype = (self.component_dtype("text_encoder") if self.params["projection_dtype"] == "text_encoder"
+                      else self.component_dtype("unet"))
+        self.projection = unet.encoder_hid_proj.to(device=self.device, dtype=proj_dtype).eval()
         unet.encoder_hid_proj = torch.nn.Identity()
         self.unet = unet.eval()
-        self.null_embedding = null_embedding.reshape(-1).to(device=self.device, dtype=dtype)
+        self.null_embedding = null_embedding.reshape(-1).to(device=self.device, dtype=self.context_dtype())
 
     def use_components(self, unet, null_embedding, movq, tokenizer, text_encoder=None,
                        cache: PromptEmbeddingCache | None = None) -> None:
@@ -268,27 +292,46 @@ class Kandinsky3ReleasedGenerator(Generator):
         self._sources["unet"] = {"format": "components given in memory"}
         self._loaded = True
 
+    def _movq_is_official_file(self) -> bool:
+        given = self.params.get("movq")
+        return not given or Path(str(given)).expanduser().is_file()
+
     def _load_movq(self) -> None:
+        from k3eval.generators import kandinsky3_convert as conv
+
+        dtype = self.component_dtype("movq")
+        if self._movq_is_official_file():
+            path = self.weights_file("movq", self.movq_file)
+            self.movq = conv.build_movq(conv.load_official_movq(path), source=f"MoVQ checkpoint {path}", dtype=dtype)
+            self._sources["movq"] = {"path": str(path), "format": "official .pt"}
+            return
+        # a diffusers VQModel: a pipeline repo or folder with a movq/ subfolder, or the component folder itself
         from diffusers import VQModel
 
-        from k3eval.generators.diffusers_pipeline import dtype_kwarg
-
-        src = self.diffusers_source("movq")
+        src, revision = self.diffusers_source("movq"), self.params.get("movq_revision")
+        sub = _subfolder(src, "movq")
+        kwargs: dict[str, Any] = {dtype_kwarg(): dtype, "revision": revision}
+        if self.params.get("variant"):
+            # kandinsky-community/kandinsky-3 holds its MoVQ only as the fp16 variant
+            kwargs["variant"] = self.params["variant"]
         try:
-            self.movq = VQModel.from_pretrained(src, subfolder=_subfolder(src, "movq") or None,
-                                                **{dtype_kwarg(): self.component_dtype("movq")}).eval()
+            self.movq = VQModel.from_pretrained(src, subfolder=sub or None, **kwargs).eval()
         except (OSError, ValueError) as e:
-            raise self._missing(src, "movq", "movq", e) from None
-        self._sources["movq"] = src
+            raise self._missing(src, "movq", "movq", e, revision) from None
+        self.record_source("movq", src, revision, f"{sub}/config.json" if sub else "config.json")
+        self._sources["movq"] = {"source": src, "format": "diffusers VQModel", "variant": self.params.get("variant")}
 
     def _load_tokenizer(self) -> None:
         from transformers import AutoTokenizer
 
-        src = self.diffusers_source("text_encoder")
+        src, revision = self.diffusers_source("text_encoder"), self.params.get("text_encoder_revision")
+        sub = _subfolder(src, "tokenizer")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(src, subfolder=_subfolder(src, "tokenizer"))
+            self.tokenizer = AutoTokenizer.from_pretrained(src, subfolder=sub, revision=revision)
         except (OSError, ValueError) as e:
-            raise self._missing(src, "tokenizer", "text_encoder", e) from None
+            raise self._missing(src, "tokenizer", "text_encoder", e, revision) from None
+        self.record_source("tokenizer", src, revision, f"{sub}/tokenizer_config.json" if sub
+                           else "tokenizer_config.json")
         self._sources["text_encoder"] = src
 
     def _load_text_encoder(self) -> None:
@@ -296,23 +339,26 @@ class Kandinsky3ReleasedGenerator(Generator):
         encoder."""
         from transformers import T5EncoderModel
 
-        src = self.diffusers_source("text_encoder")
-        kwargs: dict[str, Any] = {"dtype": self.component_dtype("text_encoder")}
+        src, revision = self.diffusers_source("text_encoder"), self.params.get("text_encoder_revision")
+        sub = _subfolder(src, "text_encoder")
+        kwargs: dict[str, Any] = {transformers_dtype_kwarg(): self.component_dtype("text_encoder"),
+                                  "revision": revision}
         if self.params.get("variant"):
             kwargs["variant"] = self.params["variant"]
         try:
-            self.text_encoder = T5EncoderModel.from_pretrained(src, subfolder=_subfolder(src, "text_encoder"),
-                                                               **kwargs).eval()
+            self.text_encoder = T5EncoderModel.from_pretrained(src, subfolder=sub, **kwargs).eval()
         except (OSError, ValueError) as e:
-            raise self._missing(src, "text_encoder", "text_encoder", e) from None
+            raise self._missing(src, "text_encoder", "text_encoder", e, revision) from None
+        self.record_source("text_encoder", src, revision, f"{sub}/config.json" if sub else "config.json")
         self._place(["text_encoder"])
 
-    def _missing(self, src: str, subfolder: str, param: str, err: Exception) -> UserError:
+    def _missing(self, src: str, subfolder: str, param: str, err: Exception, revision: str | None) -> UserError:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        variant = f" --include '{subfolder}/*'" if subfolder else ""
+        hint = download_hint(src if "/" in src and not Path(src).exists() else DIFFUSERS_REPO, revision=revision,
+                             include=f"{subfolder}/*")
         return UserError(f"{self.name}: cannot load the {subfolder} from '{src}' ({first}). Offline, download it on a "
-                         f"machine with access (`huggingface-cli download {DIFFUSERS_REPO}{variant}`) into the "
-                         f"Hugging Face cache, or pass a local folder with --set {param}=/path/to/folder")
+                         f"machine with access ({hint}) into the Hugging Face cache, or pass a local folder with "
+                         f"--set {param}=/path/to/folder")
 
     def _place(self, names: Sequence[str]) -> None:
         """Move components to the device, or attach accelerate's offload hooks (model: whole component moved in for
@@ -346,56 +392,85 @@ class Kandinsky3ReleasedGenerator(Generator):
             return cache_dir() / "kandinsky3" / "text-embeddings"
         return Path(setting).expanduser()
 
+    def _autocast(self) -> bool:
+        """The release runs its fp16 T5 under CUDA autocast (which computes some element-wise ops in float32)."""
+        import torch
+
+        return self.device.startswith("cuda") and self.component_dtype("text_encoder") in (torch.float16,
+                                                                                           torch.bfloat16)
+
     def _encoder_key(self) -> str:
-        """Identity of the text-encoder output: source, its config, tokenizer, dtype and token limit."""
+        """Identity of the text-encoder output for given token ids: source, revision, config, variant, dtype,
+        autocast."""
         src = self.diffusers_source("text_encoder")
         config = ""
         local = Path(src) / _subfolder(src, "text_encoder") / "config.json"
         if local.exists():
             config = local.read_text(encoding="utf-8")
         ident = {"source": str(Path(src).resolve()) if Path(src).exists() else src, "config": config,
-                 "variant": self.params.get("variant"), "dtype": str(self.component_dtype("text_encoder")),
-                 "tokenizer": type(self.tokenizer).__name__, "vocab": len(self.tokenizer),
-                 "max_length": TEXT_MAX_LENGTH}
+                 "revision": self.params.get("text_encoder_revision"), "variant": self.params.get("variant"),
+                 "dtype": str(self.component_dtype("text_encoder")), "autocast": self._autocast(), "keys": "token ids"}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
     # ---- text ---------------------------------------------------------------------------------------------------
-    def encode(self, prompts: Sequence[str]) -> list[Any]:
-        """T5 last hidden states per prompt at its real tokens only, (n_tokens, D) on the CPU; cached."""
+    def tokens(self, text: str) -> tuple[list[int], int]:
+        """(ids the release encodes: at most 128, ending with end-of-text; the prompt's full token count)."""
+        full = len(self.tokenizer(text, truncation=False, verbose=False).input_ids)
+        ids = self.tokenizer(text, max_length=TEXT_MAX_LENGTH, truncation=True).input_ids
+        return list(ids), full
+
+    def encode(self, sequences: Sequence[Sequence[int]]) -> list[Any]:
+        """T5 last hidden states of each token-id sequence at its own positions, (n_tokens, D) on the CPU; every
+        sequence is attended in full and padded to 128 with attention 0, as the release encodes. Cached by the ids."""
         import torch
 
+        keys = [",".join(map(str, ids)) for ids in sequences]
         out: dict[str, Any] = {}
-        missing = []
-        for text in dict.fromkeys(prompts):
-            hit = self.cache.get(text)
+        missing: dict[str, Sequence[int]] = {}
+        for key, ids in zip(keys, sequences):
+            if key in out or key in missing:
+                continue
+            hit = self.cache.get(key)
             if hit is None:
-                missing.append(text)
+                missing[key] = ids
             else:
-                out[text] = hit
+                out[key] = hit
         if missing:
             if self.text_encoder is None:
                 self._load_text_encoder()
-            tok = self.tokenizer(missing, padding="max_length", max_length=TEXT_MAX_LENGTH, truncation=True,
-                                 return_tensors="pt")
-            device = self.device
-            with torch.inference_mode():
-                hidden = self.text_encoder(input_ids=tok.input_ids.to(device),
-                                           attention_mask=tok.attention_mask.to(device)).last_hidden_state
-            for i, text in enumerate(missing):
-                n = int(tok.attention_mask[i].sum())
-                out[text] = hidden[i, :n].detach().cpu().clone()
-                self.cache.put(text, out[text])
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            input_ids = torch.full((len(missing), TEXT_MAX_LENGTH), pad, dtype=torch.long)
+            mask = torch.zeros_like(input_ids)
+            for i, ids in enumerate(missing.values()):
+                input_ids[i, :len(ids)] = torch.tensor(list(ids), dtype=torch.long)
+                mask[i, :len(ids)] = 1
+            autocast = (torch.autocast("cuda", dtype=self.component_dtype("text_encoder")) if self._autocast()
+                        else contextlib.nullcontext())
+            with torch.inference_mode(), autocast:
+                hidden = self.text_encoder(input_ids=input_ids.to(self.device),
+                                           attention_mask=mask.to(self.device)).last_hidden_state
+            for i, (key, ids) in enumerate(missing.items()):
+                out[key] = hidden[i, :len(ids)].detach().cpu().clone()
+                self.cache.put(key, out[key])
             self._offload("text_encoder")
-        return [out[t] for t in prompts]
+        return [out[k] for k in keys]
 
     def context(self, hidden) -> tuple[Any, Any]:
-        """Projected context of one prompt as the release builds it: projection, then one zero position with mask
-        0 after the real tokens (the cut to mask length + 1), unless the prompt fills all 128 tokens."""
+        """Projected context of one sequence as the release builds it: projection, then one zero position with mask
+        0 after the real tokens (the cut to mask length + 1), unless the sequence fills all 128 tokens."""
         import torch
+        import torch.nn.functional as F
 
-        dtype = self.null_embedding.dtype
+        proj = self.projection
+        if self.params["projection_dtype"] == "text_encoder":
+            # the release: the projection cast to the text encoder's dtype, under CUDA autocast, where the Linear
+            # runs in that dtype and the LayerNorm in float32
+            x = proj.projection_linear(hidden.to(device=self.device, dtype=proj.projection_linear.weight.dtype))
+            norm = proj.projection_norm
+            ctx = F.layer_norm(x.float(), norm.normalized_shape, norm.weight.float(), norm.bias.float(), norm.eps)
+        else:
+            ctx = proj(hidden.to(device=self.device, dtype=proj.projection_linear.weight.dtype))
         n = hidden.shape[0]
-        ctx = self.projection(hidden.to(device=self.device, dtype=dtype))
         mask = torch.ones(n, dtype=torch.long, device=self.device)
         if n < TEXT_MAX_LENGTH:
             ctx = torch.cat([ctx, ctx.new_zeros(1, ctx.shape[1])])
@@ -409,7 +484,7 @@ class Kandinsky3ReleasedGenerator(Generator):
     def unet_fn(self, x, t: int, context, mask):
         import torch
 
-        dtype = self.null_embedding.dtype
+        dtype = self.component_dtype("unet")
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=self.device)
         eps = self.unet(x.to(dtype), tt, encoder_hidden_states=context.to(dtype), encoder_attention_mask=mask,
                         return_dict=False)[0]
@@ -420,11 +495,7 @@ class Kandinsky3ReleasedGenerator(Generator):
         return [r.negative_prompt if r.negative_prompt is not None else default for r in requests]
 
     def _sync(self) -> float:
-        import torch
-
-        if self.device.startswith("cuda") and torch.cuda.is_available():
-            torch.cuda.synchronize()
-        return time.perf_counter()
+        return _sync(self.device)
 
     def generate(self, requests: Sequence[GenRequest]) -> list[GenOutput]:
         import torch
@@ -434,7 +505,7 @@ class Kandinsky3ReleasedGenerator(Generator):
         n = len(requests)
         t0 = self._sync()
         with torch.inference_mode():
-            contexts = self.build_contexts(requests)
+            contexts, extras = self.build_contexts(requests)
             t1 = self._sync()
             groups: dict[int, list[int]] = {}
             for i, c in enumerate(contexts):
@@ -450,37 +521,68 @@ class Kandinsky3ReleasedGenerator(Generator):
             images = self.decode(torch.stack(latents))
             self._offload("movq")
             t3 = self._sync()
+        self.note_output_size(*images.shape[1:3])
         extra = {"text_seconds": (t1 - t0) / n, "denoise_seconds": (t2 - t1) / n, "decode_seconds": (t3 - t2) / n,
                  "unet_evals": evals, "peak_memory_mb": peak_memory_mb(self.device)}
-        return [GenOutput(images[i], dict(extra)) for i in range(n)]
+        return [GenOutput(images[i], {**extra, **extras[i]}) for i in range(n)]
 
-    def build_contexts(self, requests: Sequence[GenRequest]) -> list[tuple[Any, ...]]:
-        """Per request (cond, cond_mask, uncond, uncond_mask), each with a batch dimension of 1."""
-        from k3eval.generators.kandinsky3_sampler import guidance_contexts
+    def prompt_tokens(self, requests: Sequence[GenRequest]) -> tuple[list[list[int]], list[dict[str, Any]]]:
+        """Each prompt's ids and its manifest columns (token count, whether the 128-token limit cut it)."""
+        ids, extras = [], []
+        for r in requests:
+            seq, full = self.tokens(r.prompt)
+            ids.append(seq)
+            extras.append(self.token_extras(r.prompt, full, TEXT_MAX_LENGTH))
+        return ids, extras
 
+    def build_contexts(self, requests: Sequence[GenRequest]) -> tuple[list[tuple[Any, ...]], list[dict[str, Any]]]:
+        """Per request (cond, cond_mask, uncond, uncond_mask), each with a batch dimension of 1, and its manifest
+        columns. A negative prompt's ids follow `negative_mode` (see `kandinsky3_sampler.release_negative_ids`)."""
+        from k3eval.generators.kandinsky3_sampler import guidance_contexts, release_negative_ids
+
+        ids, extras = self.prompt_tokens(requests)
         negatives = self.negative_prompts(requests)
-        hidden = self.encode([r.prompt for r in requests] + [t for t in negatives if t is not None])
+        neg_ids: list[list[int] | None] = []
+        for seq, neg in zip(ids, negatives):
+            if neg is None:
+                neg_ids.append(None)
+                continue
+            own = self.tokens(neg)[0]
+            neg_ids.append(release_negative_ids(seq, own, self.tokenizer.eos_token_id,
+                                                self.tokenizer.pad_token_id or 0)
+                           if self.params["negative_mode"] == "release" else own)
+        hidden = self.encode(ids + [x for x in neg_ids if x is not None])
         neg_hidden = iter(hidden[len(requests):])
         out = []
-        for neg, h in zip(negatives, hidden):
+        for neg, h in zip(neg_ids, hidden):
             ctx, mask = self.context(h)
             nctx, nmask = self.context(next(neg_hidden)) if neg is not None else (None, None)
             out.append(guidance_contexts(ctx, mask, self.null_embedding, nctx, nmask))
-        return out
+        return out, extras
+
+    def noise(self, requests: Sequence[GenRequest]):
+        """(start latents on the device, step noise fn) by the `noise` rule."""
+        import torch
+
+        from k3eval.generators.kandinsky3_sampler import per_image_noise, release_noise
+
+        shape = self.latent_shape()
+        if self.params["noise"] == "release":
+            return release_noise([r.seed for r in requests], shape, self.device)
+        start = torch.stack([cpu_noise(r.seed, shape) for r in requests]).to(self.device)
+        return start, per_image_noise(step_generators(requests), shape)
 
     def denoise(self, requests: Sequence[GenRequest], contexts: Sequence[tuple[Any, ...]]):
         import torch
 
-        from k3eval.generators.kandinsky3_sampler import per_image_noise, sample_released
+        from k3eval.generators.kandinsky3_sampler import sample_released
 
-        shape = self.latent_shape()
-        noise = torch.stack([cpu_noise(r.seed, shape) for r in requests]).to(self.device)
+        start, step_noise = self.noise(requests)
         cat = [torch.cat([c[k] for c in contexts]) for k in range(4)]
         p = self.params
-        return sample_released(self.unet_fn, noise, cat[0], cat[1], cat[2], cat[3], steps=int(p["steps"]),
+        return sample_released(self.unet_fn, start, cat[0], cat[1], cat[2], cat[3], steps=int(p["steps"]),
                                guidance=float(p["guidance"]), eta=float(p["eta"]),
-                               quantile=float(p["threshold_quantile"]),
-                               step_noise=per_image_noise(step_generators(requests), shape))
+                               quantile=float(p["threshold_quantile"]), step_noise=step_noise)
 
     def decode(self, latents) -> np.ndarray:
         """MoVQ decode, then clip((x + 1) / 2, 0, 1); float32 NHWC."""
@@ -490,6 +592,12 @@ class Kandinsky3ReleasedGenerator(Generator):
         return image.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
 
     # ---- what the run records -----------------------------------------------------------------------------------
+    def noise_rule(self) -> str:
+        if self.params["noise"] == "release":
+            return ("noise=release: a generator of the device per image, seeded with the image seed, drawing as the "
+                    "official sampler does after torch.manual_seed(seed) (start latents, then one draw per step)")
+        return super().noise_rule()
+
     def identity(self) -> dict[str, Any]:
         """Offload and the embedding cache do not change images, so a resume may change them."""
         params = {k: v for k, v in self.params.items() if k not in ("offload", "embedding_cache")}
@@ -497,13 +605,22 @@ class Kandinsky3ReleasedGenerator(Generator):
 
     def weights_info(self) -> dict[str, Any]:
         p = self.params
+
+        def official(param: str, filename: str) -> str:
+            return str(p.get(param) or f"{p['weights_repo']}/{filename}")
+
+        dtypes = {c: str(self.component_dtype(c)).replace("torch.", "") for c in self.component_dtypes}
+        linear = dtypes["text_encoder"] if p["projection_dtype"] == "text_encoder" else dtypes["unet"]
         info: dict[str, Any] = {
             "sampler": self.sampler,
-            "unet": p.get("unet") or f"{p['weights_repo']}/{self.unet_file}",
-            "projection": p.get("projection") or f"{p['weights_repo']}/{self.projection_file}",
-            "text_encoder": self.diffusers_source("text_encoder"), "movq": self.diffusers_source("movq"),
-            "dtypes": {c: str(self.component_dtype(c)).replace("torch.", "") for c in self.component_dtypes},
-            "offload": p["offload"],
+            "unet": official("unet", self.unet_file), "projection": official("projection", self.projection_file),
+            "movq": official("movq", self.movq_file) if self._movq_is_official_file() else str(p["movq"]),
+            "text_encoder": self.diffusers_source("text_encoder"), "dtypes": dtypes,
+            "context": {"projection_dtype": p["projection_dtype"], "projection_linear": linear,
+                        "projection_norm": "float32" if p["projection_dtype"] == "text_encoder" else dtypes["unet"],
+                        "null_embedding": str(self.context_dtype()).replace("torch.", ""),
+                        "text_encoder_autocast": self._autocast()},
+            "negative_mode": p["negative_mode"], "noise": p["noise"], "offload": p["offload"],
         }
         if self._sources:
             info["loaded"] = dict(self._sources)
@@ -539,29 +656,26 @@ class Kandinsky3FlashGenerator(Kandinsky3ReleasedGenerator):
         if p.get("negative_prompt") is not None:
             ignored.append("negative_prompt")
         if ignored:
-            msg = (f"{self.name}: {', '.join(ignored)} ignored: Flash always makes {len(FLASH_TIMESTEPS)} unguided "
-                   f"U-Net passes at timesteps {list(FLASH_TIMESTEPS)}")
-            self.warnings.append(msg)
-            log.warning(msg)
+            self.warn(f"{self.name}: {', '.join(ignored)} ignored: Flash always makes {len(FLASH_TIMESTEPS)} unguided "
+                      f"U-Net passes at timesteps {list(FLASH_TIMESTEPS)}")
             p["steps"], p["guidance"] = len(FLASH_TIMESTEPS), None
 
     def negative_prompts(self, requests: Sequence[GenRequest]) -> list[str | None]:
         return [None] * len(requests)
 
-    def build_contexts(self, requests: Sequence[GenRequest]) -> list[tuple[Any, ...]]:
-        return [self.context(h) for h in self.encode([r.prompt for r in requests])]
+    def build_contexts(self, requests: Sequence[GenRequest]) -> tuple[list[tuple[Any, ...]], list[dict[str, Any]]]:
+        ids, extras = self.prompt_tokens(requests)
+        return [self.context(h) for h in self.encode(ids)], extras
 
     def denoise(self, requests: Sequence[GenRequest], contexts: Sequence[tuple[Any, ...]]):
         import torch
 
-        from k3eval.generators.kandinsky3_sampler import per_image_noise, sample_flash
+        from k3eval.generators.kandinsky3_sampler import sample_flash
 
-        shape = self.latent_shape()
-        noise = torch.stack([cpu_noise(r.seed, shape) for r in requests]).to(self.device)
+        start, step_noise = self.noise(requests)
         ctx = torch.cat([c[0] for c in contexts])
         mask = torch.cat([c[1] for c in contexts])
-        return sample_flash(self.unet_fn, noise, ctx, mask, step_noise=per_image_noise(step_generators(requests),
-                                                                                         shape))
+        return sample_flash(self.unet_fn, start, ctx, mask, step_noise=step_noise)
 
 
 # ---- tiny offline counterparts ------------------------------------------------------------------------------------
@@ -574,19 +688,25 @@ TINY_RELEASED = "tiny-kandinsky3-released"
 TINY_WEIGHTS_SEEDS = {"weights/kandinsky3.pt": 10, "weights/kandinsky3_flash.pt": 11}
 
 
-def build_tiny_unet(seed: int):
-    """A tiny Kandinsky3UNet with seeded random weights; tensors diffusers initialises to zero (the time
+def _seeded(cls, config: dict[str, Any], seed: int):
+    """`cls(**config)` with seeded random weights; tensors diffusers initialises to zero (the U-Net's time
     modulation) get small random values too, so a swapped tensor in a conversion would change the output."""
     import torch
-    from diffusers import Kandinsky3UNet
 
     torch.manual_seed(seed)
-    unet = Kandinsky3UNet(**TINY_UNET_CONFIG).eval()
+    model = cls(**config).eval()
     with torch.no_grad():
-        for param in unet.parameters():
+        for param in model.parameters():
             if not param.any():
                 param.normal_(0.0, 0.05)
-    return unet
+    return model
+
+
+def build_tiny_unet(seed: int):
+    """A tiny Kandinsky3UNet of the official architecture with seeded random weights."""
+    from diffusers import Kandinsky3UNet
+
+    return _seeded(Kandinsky3UNet, TINY_UNET_CONFIG, seed)
 
 
 def write_official_checkpoint(unet, null_embedding, unet_path: Path, projection_path: Path) -> None:
@@ -602,6 +722,33 @@ def write_official_checkpoint(unet, null_embedding, unet_path: Path, projection_
     torch.save(proj_sd, projection_path)
 
 
+#: A tiny MoVQ in the official layout: 32-channel multiples because the official GroupNorms have 32 groups, two
+#: resolution levels fewer than the real one's four would not exercise the level renumbering, so four are kept.
+TINY_MOVQ_CONFIG: dict[str, Any] = {"block_out_channels": (32, 32, 64, 64), "layers_per_block": 1,
+                                    "down_block_types": ["DownEncoderBlock2D"] * 3 + ["AttnDownEncoderBlock2D"],
+                                    "up_block_types": ["AttnUpDecoderBlock2D"] + ["UpDecoderBlock2D"] * 3,
+                                    "latent_channels": 4, "vq_embed_dim": 4, "norm_num_groups": 32,
+                                    "norm_type": "spatial", "num_vq_embeddings": 16384, "sample_size": 64}
+
+
+def build_tiny_movq(seed: int):
+    """A tiny VQModel in Sber-MoVQGAN's layout with seeded random weights."""
+    from diffusers import VQModel
+
+    return _seeded(VQModel, TINY_MOVQ_CONFIG, seed)
+
+
+def write_official_movq(movq, path: Path) -> None:
+    """Save a diffusers VQModel as the official `movq.pt` (a plain state dict in kandinsky3/movq.py's layout)."""
+    import torch
+
+    from k3eval.generators.kandinsky3_convert import movq_to_official
+
+    levels = len(movq.config.block_out_channels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(movq_to_official({k: v.detach().clone() for k, v in movq.state_dict().items()}, levels), path)
+
+
 def _build_tiny_released(folder: Path) -> None:
     import torch
 
@@ -611,6 +758,7 @@ def _build_tiny_released(folder: Path) -> None:
         null = torch.randn(TINY_UNET_CONFIG["cross_attention_dim"], generator=g)
         proj_name = "projection_flash.pt" if "flash" in unet_file else "projection.pt"
         write_official_checkpoint(unet, null, folder / unet_file, folder / "weights" / "flan_ul2_encoder" / proj_name)
+    write_official_movq(build_tiny_movq(12), folder / "weights" / "movq.pt")
 
 
 def tiny_released_folder() -> Path:
@@ -632,7 +780,9 @@ class _TinyMixin:
     def weights_file(self, param: str, filename: str) -> Path:
         if self.params.get(param):
             return super().weights_file(param, filename)  # type: ignore[misc]
-        return tiny_released_folder() / filename
+        path = tiny_released_folder() / filename
+        self.record_source(param, str(path), None, "")  # type: ignore[attr-defined]
+        return path
 
     def diffusers_source(self, param: str) -> str:
         return str(self.params.get(param) or tiny_pipeline_folder())
@@ -641,12 +791,14 @@ class _TinyMixin:
         from k3eval.generators.tiny import TINY_VERSION
 
         info = super().weights_info()  # type: ignore[misc]
+        tiny = {"unet": self.unet_file, "projection": self.projection_file, "movq": self.movq_file}  # type: ignore
         return {**info, "model": f"tiny:{self.name}", "random_weights": True, "tiny_version": TINY_VERSION,
-                "unet": f"tiny:{self.unet_file}", "projection": f"tiny:{self.projection_file}",  # type: ignore
-                "text_encoder": "tiny:tiny-kandinsky3/text_encoder", "movq": "tiny:tiny-kandinsky3/movq"}
+                **{k: f"tiny:{v}" for k, v in tiny.items() if not self.params.get(k)},  # type: ignore[attr-defined]
+                "text_encoder": "tiny:tiny-kandinsky3/text_encoder"}
 
 
-_TINY_DEFAULTS = {"height": 64, "width": 64, "variant": None, "text_encoder_dtype": None, "head_dim": 8, "groups": 4}
+_TINY_DEFAULTS = {"height": 64, "width": 64, "variant": None, "text_encoder_dtype": None, "head_dim": 8, "groups": 4,
+                  "revision": None, "text_encoder_revision": None, "movq_revision": None}
 
 
 class TinyKandinsky3ReleasedGenerator(_TinyMixin, Kandinsky3ReleasedGenerator):
@@ -674,19 +826,22 @@ class Kandinsky3DiffusersGenerator(DiffusersPipelineGenerator):
     defaults: ClassVar[dict[str, Any]] = {**DiffusersPipelineGenerator.defaults, "model": DIFFUSERS_REPO,
                                           "pipeline_class": "Kandinsky3Pipeline", "height": 1024, "width": 1024,
                                           "steps": 25, "guidance": 3.0, "variant": "fp16", "offload": "none"}
+    # the pipeline rounds height and width up to multiples of 64 itself: round first, so the size is recorded
+    size_multiple: ClassVar[int] = 64
+    rounds_size: ClassVar[bool] = True
+    size_reason: ClassVar[str] = " (MoVQ x8, U-Net x8)"
 
     def __init__(self, name: str, params: dict[str, Any], device: str = "cpu", dtype: str | None = None):
         super().__init__(name, params, device=device, dtype=dtype)
-        if self.params["offload"] not in OFFLOAD_MODES:
-            raise UserError(f"parameter 'offload' of '{name}': got {self.params['offload']!r}; use one of "
-                            f"{', '.join(OFFLOAD_MODES)}")
+        check_choice(name, self.params, "offload", OFFLOAD_MODES)
         if self.params["offload"] != "none" and not device.startswith("cuda"):
             # diffusers' offload moves weights between the CPU and an accelerator; on the CPU its sequential mode
             # fails inside accelerate, and neither would save anything
             raise UserError(f"parameter 'offload' of '{name}': offload={self.params['offload']} needs a CUDA device, "
                             f"got --device {device}")
-        round_size("height", name, self.params, self.warnings)
-        round_size("width", name, self.params, self.warnings)
+
+    def text_limits(self) -> list[tuple[Any, int]]:
+        return [(self.pipe.tokenizer, TEXT_MAX_LENGTH)]
 
     def load(self) -> None:
         super().load()
@@ -742,13 +897,16 @@ class Kandinsky3DiffusersGenerator(DiffusersPipelineGenerator):
             images = (image.float() * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
             pipe.maybe_free_model_hooks()
             t3 = _sync(self.device)
+        self.note_output_size(*images.shape[1:3])
+        extras = self.prompt_extras(requests)
         extra = {"text_seconds": t_text / n, "denoise_seconds": t_denoise / n, "decode_seconds": (t3 - t2) / n,
                  "unet_evals": steps * (2 if guidance > 1.0 else 1), "peak_memory_mb": peak_memory_mb(self.device)}
-        return [GenOutput(images[i], dict(extra)) for i in range(n)]
+        return [GenOutput(images[i], {**extra, **extras[i]}) for i in range(n)]
 
     def weights_info(self) -> dict[str, Any]:
-        return {"model": self.params.get("model"), "sampler": "diffusers Kandinsky3Pipeline",
-                "variant": self.params.get("variant"), "offload": self.params["offload"]}
+        return {"model": self.params.get("model"), "revision": self.params.get("revision"),
+                "sampler": "diffusers Kandinsky3Pipeline", "variant": self.params.get("variant"),
+                "offload": self.params["offload"]}
 
 
 def _sync(device: str) -> float:

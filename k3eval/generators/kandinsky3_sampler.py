@@ -132,11 +132,26 @@ def null_context(context: torch.Tensor, mask: torch.Tensor, null_embedding: torc
     return uncond, umask
 
 
+def release_negative_ids(prompt_ids: Sequence[int], negative_ids: Sequence[int], eos_id: int, pad_id: int
+                         ) -> list[int]:
+    """The token ids the release encodes for a negative prompt (`kandinsky3/condition_processors.py`): the negative
+    prompt's ids cut to the prompt's token count, the last kept one replaced by end-of-text; it is then encoded with
+    the prompt's attention mask, so a shorter negative prompt is padded to the prompt's length with pad tokens that
+    the mask lets the encoder see. Both id lists are as the tokenizer gives them (ending with end-of-text)."""
+    n = len(prompt_ids)
+    if n == 0:
+        raise ValueError("the prompt has no tokens")
+    ids = list(negative_ids[:n]) or [eos_id]
+    ids[-1] = eos_id
+    return ids + [pad_id] * (n - len(ids))
+
+
 def guidance_contexts(context: torch.Tensor, mask: torch.Tensor, null_embedding: torch.Tensor,
                       negative: torch.Tensor | None = None, negative_mask: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(cond, cond_mask, uncond, uncond_mask) of equal length. A negative prompt replaces the null context; both
-    are padded to the longer of the two, so a long negative prompt is never cut to the positive prompt's length."""
+    """(cond, cond_mask, uncond, uncond_mask) of equal length. A negative context replaces the null context; the
+    shorter of the two is padded to the longer (with the release's negative ids both already have the prompt's
+    length; with `negative_mode=pad` a long negative prompt keeps all its tokens)."""
     if negative is None:
         return (context, mask, *null_context(context, mask, null_embedding))
     if negative_mask is None:
@@ -189,6 +204,25 @@ def sample_flash(unet_fn: UNetFn, noise: torch.Tensor, context: torch.Tensor, ma
         eps = unet_fn(x_t, t, context, mask).to(x0.dtype)
         x0 = predict_x0(x_t, eps, a_t)
     return x0, len(timesteps)
+
+
+def release_noise(seeds: Sequence[int], shape: Sequence[int], device: str | torch.device
+                  ) -> tuple[torch.Tensor, NoiseFn]:
+    """Noise drawn as the official loops draw it after `torch.manual_seed(seed)` on `device`, one image per seed.
+
+    The official sampler draws the start latents with `torch.randn((1, *shape), device=device)`, then, at each step,
+    `torch.randn_like` of the float32 latents (after the U-Net in the 3.0 loop, before it in the Flash loop: one draw
+    per step either way, from the same generator). Each image gets its own generator of `device` seeded with its seed,
+    so an image matches an official call with `images_num=1` on the same kind of GPU (the draws of a CUDA generator
+    differ from the CPU's). Returns (start latents (B, *shape), step noise fn)."""
+    generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+    def draw() -> torch.Tensor:
+        return torch.cat([torch.randn((1, *shape), generator=g, device=device, dtype=torch.float32)
+                          for g in generators])
+
+    start = draw()
+    return start, lambda _step: draw()
 
 
 def per_image_noise(generators: Sequence[torch.Generator], shape: Sequence[int],

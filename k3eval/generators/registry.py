@@ -116,3 +116,15 @@ def get_entry(name: str, extra_files: list[str | Path] | None = None) -> Generat
                               f"diffusers pipeline {name[10:]}", {"model": name[10:]}, False, "diffusers",
                               "diffusers:ID")
     raise unknown_name("generator", name, [*entries, "diffusers:ORG/NAME"])
+
+
+def validate_params(name: str, params: dict[str, Any] | None = None, *, device: str = "cpu",
+                    dtype: str | None = None, extra_files: list[str | Path] | None = None) -> dict[str, Any]:
+    """Check generator `name` with `params` (overrides of its catalog entry) without loading any weights: unknown
+    keys, wrong types, values out of bounds, sizes the model cannot make, unknown diffusers class names. Raises
+    UserError naming the problem; returns the resolved parameters (after rounding) for a benchmark to show."""
+    from k3eval.generate import check_generator
+
+    gen = get_entry(name, extra_files).create(params, device=device, dtype=dtype)
+    check_generator(gen)
+    return dict(gen.params)

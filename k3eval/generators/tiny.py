@@ -8,18 +8,23 @@ noise-like (the weights are random) but every code path is the real one.
 from __future__ import annotations
 
 import shutil
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+from tqdm.auto import tqdm
+
 from k3eval.generators.diffusers_pipeline import DiffusersPipelineGenerator
 from k3eval.utils import cache_dir, file_lock
 
-TINY_VERSION = "v1"  # bump when a builder changes, so stale cached folders are rebuilt
+TINY_VERSION = "v2"  # bump when a builder changes, so stale cached folders are rebuilt
 
 
 def tiny_folder(name: str, build: Callable[[Path], None]) -> Path:
-    """The cached folder of tiny component `name`, built once (under a file lock, for parallel processes)."""
+    """The cached folder of tiny component `name`, built once (under a file lock, for parallel processes); the first
+    build takes seconds (a tokenizer is trained, networks initialised and saved), so it says so on stderr."""
     root = cache_dir() / "tiny"
     folder = root / f"{name}-{TINY_VERSION}"
     if (folder / ".complete").exists():
@@ -31,7 +36,11 @@ def tiny_folder(name: str, build: Callable[[Path], None]) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
+        # tqdm.write: a generate progress bar may be on screen, and the line must not be glued to it
+        tqdm.write(f"k3eval: building the offline model '{name}' in {root} (first use only)...", file=sys.stderr)
+        t0 = time.perf_counter()
         build(tmp)
+        tqdm.write(f"k3eval: built '{name}' in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         (tmp / ".complete").write_text("ok\n")
         if folder.exists():
             shutil.rmtree(folder)
@@ -153,8 +162,8 @@ class TinyPipelineGenerator(DiffusersPipelineGenerator):
     """A tiny pipeline from `TINY_BUILDERS`, built into the cache on first use and loaded with from_pretrained."""
 
     offline: ClassVar[bool] = True
-    defaults: ClassVar[dict[str, Any]] = {**DiffusersPipelineGenerator.defaults, "height": 64, "width": 64,
-                                          "steps": 2, "guidance": 3.0, "tiny": None}
+    defaults: ClassVar[dict[str, Any]] = {**DiffusersPipelineGenerator.defaults, "revision": None, "height": 64,
+                                          "width": 64, "steps": 2, "guidance": 3.0, "tiny": None}
 
     def model_path(self) -> str:
         key = self.params.get("tiny") or self.name
@@ -170,11 +179,16 @@ class TinyKandinsky3Generator(TinyPipelineGenerator):
 
     defaults: ClassVar[dict[str, Any]] = {**TinyPipelineGenerator.defaults, "pipeline_class": "Kandinsky3Pipeline",
                                           "tiny": "tiny-kandinsky3"}
+    # Kandinsky3Pipeline rounds height and width up to multiples of 64 itself: round first, so the size is recorded
+    size_multiple: ClassVar[int] = 64
+    rounds_size: ClassVar[bool] = True
+    size_reason: ClassVar[str] = " (MoVQ x8, U-Net x8)"
 
     def latent_shape(self) -> tuple[int, ...]:
-        # Kandinsky3Pipeline rounds height/width up to a multiple of 64 and uses latents of size /8.
-        h, w = (int(self.params[k]) for k in ("height", "width"))
-        return (4, -(-h // 64) * 8, -(-w // 64) * 8)
+        return (4, int(self.params["height"]) // 8, int(self.params["width"]) // 8)
+
+    def text_limits(self) -> list[tuple[Any, int]]:
+        return [(self.pipe.tokenizer, 128)]  # Kandinsky3Pipeline encodes at most 128 tokens
 
 
 class TinySDGenerator(TinyPipelineGenerator):

@@ -140,7 +140,7 @@ TINY_BASELINE_BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny-pixart": _build_tiny_pixart,
 }
 
-_TINY = {"height": 64, "width": 64, "steps": 2, "tiny": None}
+_TINY = {"height": 64, "width": 64, "steps": 2, "tiny": None, "revision": None}
 
 
 class _TinyMixin:
@@ -167,7 +167,8 @@ class TinySDXLGenerator(_TinyMixin, SDXLGenerator):
     (the real refiner is another model; the tiny one exercises the ensemble-of-experts split)."""
 
     tiny_key: ClassVar[str] = "tiny-sdxl"
-    defaults: ClassVar[dict[str, Any]] = {**SDXLGenerator.defaults, **_TINY, "guidance": 5.0}
+    defaults: ClassVar[dict[str, Any]] = {**SDXLGenerator.defaults, **_TINY, "guidance": 5.0,
+                                          "refiner_revision": None, "vae_revision": None}
 
     def refiner_path(self) -> str:
         return str(self.tiny_path())
@@ -178,7 +179,7 @@ class TinyKandinsky22Generator(_TinyMixin, Kandinsky22Generator):
 
     tiny_key: ClassVar[str] = "tiny-kandinsky22"
     defaults: ClassVar[dict[str, Any]] = {**Kandinsky22Generator.defaults, **_TINY, "guidance": 4.0,
-                                          "prior_steps": 2}
+                                          "prior_revision": None, "prior_steps": 2}
 
     def model_path(self) -> str:
         return str(self.tiny_path() / "decoder")

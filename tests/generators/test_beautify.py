@@ -55,3 +55,14 @@ def test_generate_with_beautify_records_the_rewrite(tmp_path, kandinsky3_beautif
 def test_missing_model_offline_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match=r"--beautify: cannot load the language model .*--beautify /path/to/model"):
         load_beautifier(str(tmp_path / "no-such-model"))
+
+
+def test_a_hub_model_takes_a_revision_and_records_where_it_came_from(kandinsky3_beautifier, fake_hub):
+    from k3eval.generators.beautify import split_revision
+
+    assert split_revision("Intel/neural-chat-7b-v3-1@4d2b5c1") == ("Intel/neural-chat-7b-v3-1", "4d2b5c1")
+    assert split_revision("Intel/neural-chat-7b-v3-1") == ("Intel/neural-chat-7b-v3-1", None)
+    source = kandinsky3_beautifier.describe()["source"]
+    assert source["local"] and source["role"] == "beautifier"
+    with pytest.raises(UserError, match=r"hf download Intel/neural-chat-7b-v3-1 --revision 4d2b5c1"):
+        load_beautifier("Intel/neural-chat-7b-v3-1@4d2b5c1")

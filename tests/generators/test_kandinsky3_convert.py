@@ -3,10 +3,13 @@ inverse mapping, tiny outputs before/after conversion, and bad checkpoints."""
 
 from __future__ import annotations
 
+import math
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from k3eval.cli import main
 from k3eval.errors import UserError
@@ -166,3 +169,171 @@ def test_bad_checkpoints_name_what_is_wrong(kandinsky3_official_files, tmp_path)
     with pytest.raises(UserError, match="null_embedding has 5 values, expected 32"):
         conv.convert_checkpoint(short_null, proj_pt, out, head_dim=8, groups=4)
     assert not out.exists() or not any(out.iterdir())
+
+
+# ---- MoVQ (weights/movq.pt) ----------------------------------------------------------------------------------------
+def test_every_official_movq_key_maps_onto_the_full_size_vqmodel():
+    official = _keys("movq_keys.tsv")
+    assert len(official) == 430 and sum(math.prod(s) for s in official.values()) == 270_603_567
+    meta = {k: torch.empty(s, device="meta") for k, s in official.items()}
+    config = conv.infer_movq_config(meta)
+    # the config of the diffusers copy (kandinsky-community/kandinsky-3, movq/config.json)
+    assert config["block_out_channels"] == [256, 512, 512, 1024] and config["layers_per_block"] == 2
+    assert config["down_block_types"] == ["DownEncoderBlock2D"] * 3 + ["AttnDownEncoderBlock2D"]
+    assert config["up_block_types"] == ["AttnUpDecoderBlock2D"] + ["UpDecoderBlock2D"] * 3
+    assert (config["latent_channels"], config["vq_embed_dim"], config["norm_type"]) == (4, 4, "spatial")
+    from diffusers import VQModel
+
+    with torch.device("meta"):
+        model = VQModel(**config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    converted = {k: tuple(v.shape) for k, v in conv.movq_from_official(meta).items()}
+    # every official tensor lands on a VQModel tensor of the same size; only the (unused) codebook is left over
+    assert set(expected) - set(converted) == {"quantize.embedding.weight"}
+    assert all(converted[k] == expected[k] for k in converted)
+    levels = len(config["block_out_channels"])
+    assert {conv.movq_key_to_official(conv.movq_key_to_diffusers(k, levels), levels) for k in official} == set(official)
+
+
+def _group_norm(x, sd, prefix):
+    return F.group_norm(x, 32, sd[f"{prefix}.weight"], sd[f"{prefix}.bias"], eps=1e-6)
+
+
+def _spatial_norm(x, zq, sd, prefix):
+    """kandinsky3/movq.py's SpatialNorm with a zq input: GroupNorm(32), then scale and shift from zq resized."""
+    zq = F.interpolate(zq, size=x.shape[-2:], mode="nearest")
+    scale = F.conv2d(zq, sd[f"{prefix}.conv_y.weight"], sd[f"{prefix}.conv_y.bias"])
+    shift = F.conv2d(zq, sd[f"{prefix}.conv_b.weight"], sd[f"{prefix}.conv_b.bias"])
+    return _group_norm(x, sd, f"{prefix}.norm_layer") * scale + shift
+
+
+def _conv(x, sd, prefix, padding=1):
+    return F.conv2d(x, sd[f"{prefix}.weight"], sd[f"{prefix}.bias"], padding=padding)
+
+
+def _resnet(x, zq, sd, prefix):
+    h = _conv(F.silu(_spatial_norm(x, zq, sd, f"{prefix}.norm1")), sd, f"{prefix}.conv1")
+    h = _conv(F.silu(_spatial_norm(h, zq, sd, f"{prefix}.norm2")), sd, f"{prefix}.conv2")
+    if f"{prefix}.nin_shortcut.weight" in sd:
+        x = _conv(x, sd, f"{prefix}.nin_shortcut", padding=0)
+    return x + h
+
+
+def _attention(x, zq, sd, prefix):
+    b, c, hh, ww = x.shape
+    h = _spatial_norm(x, zq, sd, f"{prefix}.norm")
+    q, k, v = (_conv(h, sd, f"{prefix}.{n}", padding=0).reshape(b, c, hh * ww) for n in "qkv")
+    w = torch.softmax(torch.einsum("bci,bcj->bij", q, k) / math.sqrt(c), dim=2)
+    out = torch.einsum("bcj,bij->bci", v, w).reshape(b, c, hh, ww)
+    return x + _conv(out, sd, f"{prefix}.proj_out", padding=0)
+
+
+def _official_decode(sd, z):
+    """The official MoVQ decode written from its layout (post_quant_conv, decoder with spatial norms fed by z)."""
+    levels = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("decoder.up."))
+    blocks = 1 + max(int(k.split(".")[4]) for k in sd if k.startswith("decoder.up.0.block."))
+    h = _conv(_conv(z, sd, "post_quant_conv", padding=0), sd, "decoder.conv_in")
+    h = _resnet(h, z, sd, "decoder.mid.block_1")
+    h = _attention(h, z, sd, "decoder.mid.attn_1")
+    h = _resnet(h, z, sd, "decoder.mid.block_2")
+    for level in reversed(range(levels)):
+        for j in range(blocks):
+            h = _resnet(h, z, sd, f"decoder.up.{level}.block.{j}")
+            if f"decoder.up.{level}.attn.{j}.q.weight" in sd:
+                h = _attention(h, z, sd, f"decoder.up.{level}.attn.{j}")
+        if level:
+            h = _conv(F.interpolate(h, scale_factor=2.0, mode="nearest"), sd, f"decoder.up.{level}.upsample.conv")
+    return _conv(F.silu(_spatial_norm(h, z, sd, "decoder.norm_out")), sd, "decoder.conv_out")
+
+
+def test_converted_movq_decodes_as_the_official_layout_does(tmp_path):
+    from k3eval.generators.kandinsky3 import build_tiny_movq, write_official_movq
+
+    write_official_movq(build_tiny_movq(5), tmp_path / "movq.pt")
+    sd = conv.load_official_movq(tmp_path / "movq.pt")
+    assert not any(k.startswith("quantize") for k in sd) and "decoder.up.3.attn.0.q.weight" in sd
+    assert sd["decoder.up.3.attn.0.q.weight"].ndim == 4  # 1x1 convolutions in the official layout
+    movq = conv.build_movq(sd)
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours = movq.decode(z, force_not_quantize=True).sample
+        ref = _official_decode(sd, z)
+    assert ours.shape == (2, 3, 64, 64)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+    assert ours.abs().mean() > 0.05  # not a degenerate all-zero decoder
+
+
+def test_bad_movq_checkpoints_name_what_is_wrong(tmp_path):
+    from k3eval.generators.kandinsky3 import build_tiny_movq, write_official_movq
+
+    write_official_movq(build_tiny_movq(5), tmp_path / "movq.pt")
+    sd = conv.load_official_movq(tmp_path / "movq.pt")
+    key = "decoder.up.1.block.0.conv1.weight"
+    with pytest.raises(UserError, match=rf"does not match the VQModel \(MoVQ\) config: 1 wrong shape\(s\): '{key}'"):
+        conv.build_movq({**sd, key: torch.zeros(3, 3, 3, 3)})
+    with pytest.raises(UserError, match="1 missing key"):
+        conv.build_movq({k: v for k, v in sd.items() if k != "decoder.conv_out.bias"})
+    with pytest.raises(UserError, match="not an official Kandinsky 3 MoVQ"):
+        conv.build_movq({"weight": torch.zeros(2)})
+    with pytest.raises(UserError, match="expected a state dict of tensors"):
+        conv.load_official_movq(_save(tmp_path, "nested.pt", {"state": {"a": torch.zeros(1)}}))
+
+
+# ---- group count and head size, which the weights do not store ----------------------------------------------------
+def test_group_count_and_head_size_are_checked_against_the_shapes(kandinsky3_official_files, tmp_path):
+    _, _, unet_pt, proj_pt = kandinsky3_official_files
+    sd, _ = conv.load_official_unet(unet_pt)
+    conv.check_groups_and_heads(sd, 4, 8, "tiny")  # what it was built with
+    with pytest.raises(UserError, match=r"--groups 32 does not fit: its GroupNorm layers have 8, 16, .* use one of "
+                                        r"1, 2, 4, 8 \(the official 32 does not fit"):
+        conv.check_groups_and_heads(sd, 32, 8, "tiny")
+    with pytest.raises(UserError, match=r"--head-dim 64 does not fit: its attention layers have 16, 32, 64, 128 "
+                                        r"channels .* use one of 1, 2, 4, 8, 16 \(the official 64 does not fit"):
+        conv.check_groups_and_heads(sd, 4, 64, "tiny")
+    # the official shapes: 32 groups fit and are named as the likely value
+    official = {k: torch.empty(s, device="meta") for k, s in _keys("unet_t2i_keys.tsv").items()}
+    conv.check_groups_and_heads(official, 32, 64, "official")
+    with pytest.raises(UserError, match=r"--groups 128 .* likely --groups 32 \(the official value"):
+        conv.check_groups_and_heads(official, 128, 64, "official")
+    # one divisor left: the shapes determine the value
+    odd = {"out_layer.0.weight": torch.empty(3, device="meta"), "a.context_mlp.1.weight": torch.empty(10, 4)}
+    with pytest.raises(UserError, match="this checkpoint needs --groups 1"):
+        conv.check_groups_and_heads(odd, 32, 64, "odd")
+    out = tmp_path / "never"
+    with pytest.raises(UserError, match="--groups 32 does not fit"):
+        conv.convert_checkpoint(unet_pt, proj_pt, out, quiet=True)
+    assert not out.exists() and not list(tmp_path.glob(".never*"))
+
+
+def _k3eval(*args: str, env=None) -> subprocess.CompletedProcess:
+    import os
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "k3eval", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def test_convert_command_errors_are_one_line_and_leave_nothing(kandinsky3_official_files, tmp_path):
+    _, _, unet_pt, proj_pt = kandinsky3_official_files
+    out = tmp_path / "out"
+    bad = {"wrong group count": [str(unet_pt), "--projection", str(proj_pt), "--out", str(out)],
+           "zero groups": [str(unet_pt), "--projection", str(proj_pt), "--out", str(out), "--groups", "0"],
+           "projection is the U-Net": [str(unet_pt), "--projection", str(unet_pt), "--out", str(out), "--groups", "4",
+                                       "--head-dim", "8"],
+           "missing checkpoint": [str(tmp_path / "nope.pt"), "--projection", str(proj_pt), "--out", str(out)]}
+    errors = {}
+    for why, args in bad.items():
+        before = sorted(p.name for p in tmp_path.iterdir())
+        proc = _k3eval("kandinsky3", "convert", *args)
+        errors[why] = text = proc.stdout + proc.stderr
+        assert proc.returncode == 2, (why, text)
+        assert "Traceback" not in text and "error:" in text, (why, text)
+        assert sorted(p.name for p in tmp_path.iterdir()) == before, why
+    assert "--groups 32 does not fit" in errors["wrong group count"]
+    helptext = " ".join(_k3eval("kandinsky3", "convert", "--help").stdout.split())
+    assert "(default: None)" not in helptext and "default: 32, the official value" in helptext
+    # a good conversion shows its stages on stderr
+    proc = _k3eval("kandinsky3", "convert", str(unet_pt), "--projection", str(proj_pt), "--out", str(out),
+                   "--groups", "4", "--head-dim", "8")
+    assert proc.returncode == 0 and "[1/5] reading" in proc.stderr and "[5/5] done" in proc.stderr
+    assert (out / "config.json").exists() and not list(tmp_path.glob(".out*"))

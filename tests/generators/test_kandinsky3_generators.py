@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from k3eval.errors import UserError
 from k3eval.generate import generate_run
@@ -110,7 +111,8 @@ def test_sizes_are_rounded_to_multiples_of_64_and_recorded(tmp_path):
     assert g.params["height"] == 128
     generate_run(g, load_prompt_set("parti").select(limit=1), tmp_path / "r", progress=False)
     info = json.loads((tmp_path / "r" / "run.json").read_text())
-    assert any("height 100 is not a multiple of 64; rounded up to 128" in w for w in info["generator"]["warnings"])
+    assert any("height 100 is not a multiple of 64 (MoVQ x8, U-Net x8); rounded up to 128" in w
+               for w in info["generator"]["warnings"])
     df = RunFolder(tmp_path / "r").read_manifest()
     assert df["height"].tolist() == [128] and df["width"].tolist() == [64]
 
@@ -124,12 +126,13 @@ def test_flash_warns_that_guidance_is_ignored():
 
 @pytest.mark.parametrize("name,file", [("kandinsky3", "weights/kandinsky3.pt"),
                                        ("kandinsky3-flash", "weights/kandinsky3_flash.pt")])
-def test_missing_weights_offline_name_the_file_repo_and_option(name, file):
+def test_missing_weights_offline_name_the_file_repo_and_option(name, file, fake_hub):
     g = _gen(name)
     with pytest.raises(UserError) as e:
         g.ensure_loaded()
     msg = str(e.value)
     assert file in msg and "ai-forever/Kandinsky3.1" in msg and "--set unet=" in msg
+    assert f"hf download ai-forever/Kandinsky3.1 {file}" in msg and "revision main" in msg
 
 
 def test_missing_local_path_is_named(tmp_path):
@@ -200,3 +203,172 @@ def test_use_components_matches_loaded_weights(kandinsky3_released):
     expected = ref.generate(req)[0].image  # loads everything, the text encoder included
     g.use_components(unet, null, ref.movq, ref.tokenizer, ref.text_encoder)
     np.testing.assert_allclose(g.generate(req)[0].image, expected, atol=1e-6)
+
+
+# ---- release fidelity: negative prompts, projection dtype, noise ---------------------------------------------------
+def _spy_encode(g, monkeypatch) -> list[list[int]]:
+    seen: list[list[int]] = []
+    real = g.encode
+
+    def spy(sequences):
+        seen.extend(list(s) for s in sequences)
+        return real(sequences)
+
+    monkeypatch.setattr(g, "encode", spy)
+    return seen
+
+
+@pytest.mark.parametrize("mode", ["release", "pad"])
+def test_negative_prompt_modes(kandinsky3_released, monkeypatch, mode):
+    from k3eval.generators.kandinsky3_sampler import release_negative_ids
+
+    g = _gen("tiny-kandinsky3-released", steps=2, embedding_cache="none", negative_mode=mode)
+    g.ensure_loaded()
+    seen = _spy_encode(g, monkeypatch)
+    req = GenRequest("p", SHORT, 0, 5, negative_prompt=LONG)
+    ((cond, cond_mask, uncond, uncond_mask),), _ = g.build_contexts([req])
+    tok = g.tokenizer
+    pos, neg = tok(SHORT).input_ids, tok(LONG).input_ids
+    assert len(neg) > len(pos) + 3  # the negative prompt is much longer than the prompt
+    assert seen[0] == pos
+    if mode == "release":  # cut to the prompt's tokens, last one end-of-text, the prompt's mask
+        assert seen[1] == release_negative_ids(pos, neg, tok.eos_token_id, tok.pad_token_id) == [*neg[:len(pos) - 1],
+                                                                                                   tok.eos_token_id]
+        assert uncond.shape == cond.shape and torch.equal(uncond_mask, cond_mask)
+    else:  # encoded whole; the prompt's context is padded to its length
+        assert seen[1] == neg and uncond.shape[1] == len(neg) + 1 and cond.shape[1] == uncond.shape[1]
+        assert int(cond_mask.sum()) == len(pos) and int(uncond_mask.sum()) == len(neg)
+    assert g.describe()["weights"]["negative_mode"] == mode
+    image = g.generate([req])[0].image
+    other = _gen("tiny-kandinsky3-released", steps=2, embedding_cache="none",
+                 negative_mode="pad" if mode == "release" else "release").generate([req])[0].image
+    assert not np.allclose(image, other, atol=1e-4)  # the two rules give different images
+
+
+def test_projection_and_null_embedding_dtype_follow_the_release():
+    import torch.nn.functional as F
+
+    rel = _gen("tiny-kandinsky3-released", embedding_cache="none", text_encoder_dtype="fp16")
+    rel.ensure_loaded()
+    hidden = torch.randn(5, 32, generator=torch.Generator().manual_seed(0))
+    ctx, mask = rel.context(hidden)
+    lin, norm = rel.projection.projection_linear, rel.projection.projection_norm
+    assert lin.weight.dtype == torch.float16 and ctx.dtype == rel.null_embedding.dtype == torch.float32
+    # the release under CUDA autocast: the Linear in fp16 (weights cast to fp16), the LayerNorm in float32
+    ref = F.layer_norm(F.linear(hidden.half(), lin.weight).float(), (32,), norm.weight.float(), norm.bias.float(),
+                       norm.eps)
+    torch.testing.assert_close(ctx[0, :5], ref, rtol=0, atol=0)
+    assert torch.all(ctx[0, 5] == 0) and mask.tolist() == [[1, 1, 1, 1, 1, 0]]
+    info = rel.describe()["weights"]["context"]
+    assert info == {"projection_dtype": "text_encoder", "projection_linear": "float16", "projection_norm": "float32",
+                    "null_embedding": "float32", "text_encoder_autocast": False}
+    # projection_dtype=unet: both in the U-Net's dtype (fp32 here), which rounds differently
+    unet = _gen("tiny-kandinsky3-released", embedding_cache="none", text_encoder_dtype="fp16",
+                projection_dtype="unet")
+    unet.ensure_loaded()
+    uctx = unet.context(hidden)[0]
+    assert unet.projection.projection_linear.weight.dtype == torch.float32
+    assert 0 < (uctx - ctx).abs().max() < 0.05
+    assert unet.describe()["weights"]["context"]["projection_linear"] == "float32"
+    with pytest.raises(UserError, match="parameter 'projection_dtype'.*'fp16'; use one of text_encoder, unet"):
+        _gen("tiny-kandinsky3-released", projection_dtype="fp16")
+
+
+@pytest.mark.parametrize("name", ["tiny-kandinsky3-released", "tiny-kandinsky3-flash"])
+def test_noise_release_draws_as_the_official_loop_after_manual_seed(name):
+    g = _gen(name, steps=2, embedding_cache="none", noise="release")
+    req = [GenRequest("p1", SHORT, 0, 1234), GenRequest("p2", "a dog", 0, 99)]
+    start, step = g.noise(req)
+    torch.manual_seed(1234)
+    img = torch.randn(1, 4, 8, 8, device="cpu")
+    assert torch.equal(start[:1], img) and torch.equal(step(0)[:1], torch.randn_like(img))
+    out = g.generate(req)
+    # still independent of the batch: noise tied to the batch would change every pixel; batched kernels move a few
+    # by float noise, which Flash's x0 prediction at t=979 amplifies up to about one 8-bit level
+    alone = g.generate(req[1:])[0].image
+    assert np.abs(out[1].image - alone).max() <= 1 / 255 and np.abs(out[1].image - alone).mean() < 1e-4
+    cpu = _gen(name, steps=2, embedding_cache="none")
+    assert not np.allclose(out[0].image, cpu.generate(req[:1])[0].image, atol=1e-3)
+    assert g.describe()["weights"]["noise"] == "release" and g.identity()["params"]["noise"] == "release"
+    from k3eval.generate import run_info
+    from k3eval.prompts import load_prompt_set as prompts
+
+    assert run_info(g, prompts("parti").select(limit=1), 1, 0)["seed"]["noise"].startswith("noise=release")
+    assert run_info(cpu, prompts("parti").select(limit=1), 1, 0)["seed"]["noise"].startswith("initial noise drawn on")
+    with pytest.raises(UserError, match="parameter 'noise'.*'gpu'; use one of cpu, release"):
+        _gen(name, noise="gpu")
+
+
+# ---- the decoder: weights/movq.pt as released, or a diffusers VQModel ----------------------------------------------
+def test_movq_comes_from_the_official_file_unless_a_diffusers_one_is_given(kandinsky3_released):
+    from k3eval.generators.kandinsky3 import tiny_pipeline_folder
+
+    kandinsky3_released.ensure_loaded()
+    loaded = kandinsky3_released.describe()["weights"]["loaded"]
+    assert loaded["movq"]["format"] == "official .pt" and loaded["movq"]["path"].endswith("weights/movq.pt")
+    other = _gen("tiny-kandinsky3-released", steps=2, embedding_cache="none", movq=str(tiny_pipeline_folder()))
+    req = [GenRequest("p", SHORT, 0, 9)]
+    a, b = kandinsky3_released.generate(req)[0].image, other.generate(req)[0].image
+    assert other.describe()["weights"]["loaded"]["movq"]["format"] == "diffusers VQModel"
+    assert a.shape == b.shape and not np.allclose(a, b, atol=1e-3)  # another decoder, another image
+
+
+# ---- revisions: the real entry on a fake hub cache -----------------------------------------------------------------
+def test_kandinsky3_records_the_commit_of_every_repository_it_reads(fake_hub, tmp_path):
+    from k3eval.generators.kandinsky3 import tiny_pipeline_folder, tiny_released_folder
+
+    weights = tiny_released_folder() / "weights"
+    commit = "1" * 40
+    fake_hub.add("ai-forever/Kandinsky3.1", {"weights": weights}, commit)
+    fake_hub.add("kandinsky-community/kandinsky-3", {"text_encoder": tiny_pipeline_folder() / "text_encoder",
+                                                     "tokenizer": tiny_pipeline_folder() / "tokenizer"}, "2" * 40,
+                 missing=("tokenizer/config.json",))  # transformers looks for it; the real repository has none
+    small = {"height": 64, "width": 64, "steps": 2, "head_dim": 8, "groups": 4, "variant": None,
+             "text_encoder_dtype": "fp32", "embedding_cache": "none"}
+    g = _gen("kandinsky3", **small)
+    generate_run(g, load_prompt_set("parti").select(limit=1), tmp_path / "run", progress=False)
+    repos = json.loads((tmp_path / "run" / "run.json").read_text())["generator"]["repositories"]
+    by_role = {r["role"]: r for r in repos}
+    assert {by_role[k]["commit"] for k in ("unet", "projection", "movq")} == {commit}
+    assert by_role["unet"]["source"] == "ai-forever/Kandinsky3.1" and by_role["unet"]["revision"] == "main"
+    assert by_role["text_encoder"]["commit"] == by_role["tokenizer"]["commit"] == "2" * 40
+    # a pinned revision that is not there: a clear error naming it and the command that fetches it
+    with pytest.raises(UserError, match=r"revision 3{40}.*hf download ai-forever/Kandinsky3.1 weights/kandinsky3.pt "
+                                        r"--revision 3{40}"):
+        _gen("kandinsky3", **small, revision="3" * 40).ensure_loaded()
+
+
+# ---- what a run records: prompts cut by the text encoder, sizes ---------------------------------------------------
+def test_prompts_longer_than_the_encoder_takes_are_counted_and_warned(tmp_path, caplog):
+    from k3eval.prompts.core import Prompt, PromptSet
+
+    long = " ".join(["a red cube on a blue sphere beside a green cone"] * 20)
+    prompts = PromptSet("t", [Prompt("short", SHORT, "x"), Prompt("long", long, "x")])
+    g = _gen("tiny-kandinsky3-flash", embedding_cache="none")
+    with caplog.at_level("WARNING", logger="k3eval"):
+        generate_run(g, prompts, tmp_path / "run", samples=2, progress=False)
+    df = RunFolder(tmp_path / "run").read_manifest()
+    assert df.set_index("prompt_id")["prompt_truncated"].groupby(level=0).all().to_dict() == {"long": True,
+                                                                                               "short": False}
+    assert (df.loc[df.prompt_id == "long", "prompt_tokens"] > 128).all()
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["totals"]["truncated_prompts"] == 1
+    assert info["generator"]["truncated_prompts"]["count"] == 1
+    assert info["generator"]["truncated_prompts"]["token_limit"] == 128
+    assert sum("cut to the text encoder's 128" in r.getMessage() for r in caplog.records) == 1  # once per prompt
+
+
+def test_parameters_are_checked_before_anything_is_loaded():
+    from k3eval.generators import validate_params
+
+    with pytest.raises(UserError, match=r"parameter 'height' of 'tiny-kandinsky3-released' must be between 1 and "
+                                        r"4096 .*got 100000000"):
+        _gen("tiny-kandinsky3-released", height=100_000_000)
+    with pytest.raises(UserError, match="parameter 'steps' .* between 1 and 1000"):
+        _gen("kandinsky3", steps=5000)
+    assert validate_params("kandinsky3", {"height": 100})["height"] == 128
+    with pytest.raises(UserError, match="parameter 'negative_mode' of 'kandinsky3': got 'cut'; use one of release, "
+                                        "pad"):
+        validate_params("kandinsky3", {"negative_mode": "cut"})
+    with pytest.raises(UserError, match="generator 'kandinsky3' has no parameter 'negative_mod'"):
+        validate_params("kandinsky3", {"negative_mod": "pad"})

@@ -165,3 +165,87 @@ def test_per_image_noise_does_not_depend_on_the_batch():
     batch = ks.per_image_noise(gens([9, 5]), (4, 2, 2))
     for step in range(3):
         assert torch.equal(alone(step)[0], batch(step)[1])
+
+
+# ---- the release's negative prompt (kandinsky3/condition_processors.py) -------------------------------------------
+EOS, PAD = 1, 0
+
+
+def test_release_negative_ids_on_hand_built_sequences():
+    prompt = [11, 12, 13, EOS]  # 3 words + end-of-text: 4 tokens
+    # a longer negative prompt is cut to 4 tokens and its last kept token becomes end-of-text
+    assert ks.release_negative_ids(prompt, [21, 22, 23, 24, 25, 26, EOS], EOS, PAD) == [21, 22, 23, EOS]
+    # one of equal length is unchanged
+    assert ks.release_negative_ids(prompt, [21, 22, 23, EOS], EOS, PAD) == [21, 22, 23, EOS]
+    # a shorter one keeps its tokens and is padded to the prompt's length (the prompt's mask then covers the pads)
+    assert ks.release_negative_ids(prompt, [21, EOS], EOS, PAD) == [21, EOS, PAD, PAD]
+    # an empty negative prompt is just end-of-text
+    assert ks.release_negative_ids(prompt, [EOS], EOS, PAD) == [EOS, PAD, PAD, PAD]
+    # a one-token prompt leaves only end-of-text
+    assert ks.release_negative_ids([EOS], [21, 22, EOS], EOS, PAD) == [EOS]
+    with pytest.raises(ValueError):
+        ks.release_negative_ids([], [21, EOS], EOS, PAD)
+
+
+def test_release_negative_contexts_share_the_prompt_length_and_mask():
+    # after encoding, both contexts have the prompt's length: guidance_contexts pads nothing
+    pos, pmask = torch.ones(1, 5, 2), torch.tensor([[1, 1, 1, 1, 0]])
+    neg = torch.full((1, 5, 2), 2.0)
+    c, cm, u, um = ks.guidance_contexts(pos, pmask, torch.zeros(2), neg, pmask.clone())
+    assert torch.equal(c, pos) and torch.equal(u, neg) and torch.equal(cm, um)
+
+
+# ---- noise=release: the official loops' draws after torch.manual_seed(seed) -----------------------------------------
+def _official_draws(seed: int, shape: tuple[int, ...], steps: int) -> list[torch.Tensor]:
+    """What the official sampler draws from the global generator: torch.randn(*shape) for the start, then one
+    torch.randn_like(img) per step."""
+    torch.manual_seed(seed)
+    img = torch.randn(*shape, device="cpu")
+    return [img] + [torch.randn_like(img) for _ in range(steps)]
+
+
+def test_release_noise_makes_the_official_calls_in_order():
+    shape = (4, 3, 5)
+    start, step = ks.release_noise([123, 77], shape, "cpu")
+    draws = [step(i) for i in range(3)]
+    for b, seed in enumerate((123, 77)):  # each image as an official call with images_num=1 at its seed
+        ref = _official_draws(seed, (1, *shape), 3)
+        assert torch.equal(start[b:b + 1], ref[0])
+        for i in range(3):
+            assert torch.equal(draws[i][b:b + 1], ref[i + 1])
+    assert start.dtype == torch.float32
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    ks.release_noise([5], shape, "cpu")
+    assert torch.equal(torch.rand(1), before)  # the global generator is left alone
+
+
+def test_sampler_with_release_noise_matches_a_loop_on_the_global_generator():
+    rng = np.random.default_rng(3)
+    ctx = torch.from_numpy(rng.normal(size=(1, 3, 5)))
+    mask = torch.tensor([[1, 1, 0]])
+    null = torch.from_numpy(rng.normal(size=5))
+    u, um = ks.null_context(ctx, mask, null)
+    shape = (4, 2, 2)
+    start, step = ks.release_noise([42], shape, "cpu")
+    got, _ = ks.sample_released(_toy_unet, start.double(), ctx, mask, u, um, steps=3, guidance=3.0, step_noise=step)
+    # the official order by hand: start latents, then after each U-Net call one draw (the last one unused)
+    alphas = ks.alphas_cumprod()
+    torch.manual_seed(42)
+    x = torch.randn(1, *shape).double()
+    for t, tp in [(999, 666), (666, 333), (333, 0)]:
+        eps = ks.guide(_toy_unet(x, t, ctx, mask), _toy_unet(x, t, u, um), 3.0)
+        noise = torch.randn_like(x.float()).double()
+        x, _ = ks.released_update(x, eps, alphas[t], alphas[tp], noise if tp != 0 else None)
+    torch.testing.assert_close(got, x, rtol=1e-12, atol=1e-12)
+    # Flash: one draw before each of its four U-Net calls
+    start, step = ks.release_noise([42], shape, "cpu")
+    flash, _ = ks.sample_flash(_toy_unet, start.double(), ctx, mask, step_noise=step)
+    torch.manual_seed(42)
+    x0 = torch.randn(1, *shape).double()
+    for t in ks.FLASH_TIMESTEPS:
+        a = float(alphas[t])
+        xt = math.sqrt(a) * x0 + math.sqrt(1 - a) * torch.randn_like(x0.float()).double()
+        x0 = ks.predict_x0(xt, _toy_unet(xt, t, ctx, mask), a)
+    torch.testing.assert_close(flash, x0, rtol=1e-12, atol=1e-12)

@@ -65,6 +65,13 @@ def pair_label(at: AppTest) -> str:
     return next(c.value for c in at.caption if c.value.startswith("Pair "))
 
 
+def ans(at: AppTest, question: str, answer: str):
+    """The answer button of the pair on the page (its key names the pair: ans_<position>_<question>_<answer>)."""
+    found = [b for b in at.button if re.fullmatch(rf"ans_\d+_{question}_{answer}", b.key or "")]
+    assert len(found) == 1, [b.key for b in at.button]
+    return found[0]
+
+
 def start_voting(token: str) -> AppTest:
     at = app(token)
     assert at.title[0].value == "Guideline"
@@ -73,8 +80,8 @@ def start_voting(token: str) -> AppTest:
 
 
 def answer(at: AppTest, alignment: str, quality: str) -> AppTest:
-    at.button(key=f"ans_alignment_{alignment}").click().run()
-    return at.button(key=f"ans_quality_{quality}").click().run()
+    ans(at, "alignment", alignment).click().run()
+    return ans(at, "quality", quality).click().run()
 
 
 def my_votes(study, name: str):
@@ -132,7 +139,7 @@ def test_revoked_while_voting_signs_out_without_naming_the_study(study):
 
     at = start_voting(study.tokens["ann-a"])
     revoke(STUDY, "ann-a", study.db_url)
-    at.button(key="ans_alignment_left").click().run()
+    ans(at, "alignment", "left").click().run()
     assert not at.exception
     assert any("not valid" in e.value for e in at.error)
     assert not at.image and len(my_votes(study, "ann-a")) == 0
@@ -143,18 +150,18 @@ def test_votes_are_recorded_in_callbacks_and_the_next_pair_follows(study_any_db)
     study = study_any_db
     at = start_voting(study.tokens["ann-a"])
     first = pair_label(at)
-    at.button(key="ans_alignment_left").click().run()
+    ans(at, "alignment", "left").click().run()
     assert pair_label(at) == first  # one question answered: the pair stays
-    assert at.button(key="ans_alignment_left").proto.type == "primary"
+    assert ans(at, "alignment", "left").proto.type == "primary"
     assert list(my_votes(study, "ann-a")["answer"]) == ["left"]
-    at.button(key="ans_quality_equal").click().run()
+    ans(at, "quality", "equal").click().run()
     assert pair_label(at).startswith("Pair 2 of")
     v = my_votes(study, "ann-a")
     assert sorted(zip(v["question"], v["answer"])) == [("alignment", "left"), ("quality", "equal")]
     assert (v["seconds"] >= 0).all()
     # The same button fired twice (a double click or a rerun) leaves one vote.
-    at.button(key="ans_alignment_right").click().run()
-    at.button(key="ans_alignment_right").click().run()
+    ans(at, "alignment", "right").click().run()
+    ans(at, "alignment", "right").click().run()
     v = my_votes(study, "ann-a")
     assert len(v) == 3 and v.groupby(["item_id", "question"]).size().max() == 1
 
@@ -164,7 +171,7 @@ def test_resume_in_a_new_session_at_the_first_open_pair(study_any_db):
     at = start_voting(study.tokens["ann-a"])
     answer(at, "left", "left")
     answer(at, "right", "both_bad")
-    at.button(key="ans_alignment_equal").click().run()  # pair 3 half answered
+    ans(at, "alignment", "equal").click().run()  # pair 3 half answered
     # A refresh, a closed tab or a server restart: a new session with only the link.
     dispose_engines()
     again = app(study.tokens["ann-a"])
@@ -172,8 +179,8 @@ def test_resume_in_a_new_session_at_the_first_open_pair(study_any_db):
     assert again.title == [] or again.title[0].value != "Guideline"  # guideline already read
     assert pair_label(again).startswith("Pair 3 of")
     assert any(t.endswith("done") and t.startswith("2 / ") for t in texts(again))
-    assert again.button(key="ans_alignment_equal").proto.type == "primary"
-    assert again.button(key="ans_quality_equal").proto.type == "secondary"
+    assert ans(again, "alignment", "equal").proto.type == "primary"
+    assert ans(again, "quality", "equal").proto.type == "secondary"
 
 
 def test_changing_the_previous_answer(study):
@@ -183,8 +190,8 @@ def test_changing_the_previous_answer(study):
     at.button(key="back").click().run()
     assert pair_label(at).startswith("Pair 1 of")
     assert any("changing your answers" in i.value for i in at.info)
-    assert at.button(key="ans_alignment_left").proto.type == "primary"
-    at.button(key="ans_alignment_right").click().run()
+    assert ans(at, "alignment", "left").proto.type == "primary"
+    ans(at, "alignment", "right").click().run()
     assert pair_label(at).startswith("Pair 1 of")  # stays until Continue
     v = my_votes(study, "ann-a").set_index("question")
     assert v.loc["alignment", "answer"] == "right" and v.loc["alignment", "changes"] == 1
@@ -238,7 +245,7 @@ def test_missing_database_gives_a_message_not_a_traceback(study, tmp_path):
     dispose_engines()
     for suffix in ("", "-wal", "-shm"):  # the database file is deleted under the running app
         (tmp_path / f"votes.db{suffix}").unlink(missing_ok=True)
-    at.button(key="ans_alignment_left").click().run()
+    ans(at, "alignment", "left").click().run()
     assert not at.exception
     assert any("cannot be reached" in e.value for e in at.error)
     assert any("not found" in t for t in texts(at))
@@ -252,7 +259,7 @@ def test_locked_database_gives_a_message_and_keeps_the_pair(study, tmp_path):
     con.execute("BEGIN IMMEDIATE")  # another writer holds the lock longer than the store's busy timeout
     try:
         t0 = time.monotonic()
-        at.button(key="ans_alignment_left").click().run(timeout=60)
+        ans(at, "alignment", "left").click().run(timeout=60)
         assert time.monotonic() - t0 >= 4.0  # it waited for the lock first
     finally:
         con.execute("ROLLBACK")
@@ -260,19 +267,19 @@ def test_locked_database_gives_a_message_and_keeps_the_pair(study, tmp_path):
     assert not at.exception
     assert any("NOT saved" in e.value and "busy" in e.value for e in at.error)
     assert pair_label(at) == before
-    assert at.button(key="ans_alignment_left").proto.type == "secondary"
+    assert ans(at, "alignment", "left").proto.type == "secondary"
     assert len(my_votes(study, "ann-a")) == 0
-    at.button(key="ans_alignment_left").click().run()  # once the lock is gone the same key works
+    ans(at, "alignment", "left").click().run()  # once the lock is gone the same key works
     assert len(my_votes(study, "ann-a")) == 1
 
 
 def test_a_key_arriving_after_the_pair_is_finished_is_not_counted(study):
     at = start_voting(study.tokens["ann-a"])
-    at.button(key="ans_alignment_left").click().run()
+    ans(at, "alignment", "left").click().run()
     # Two presses reach the server in one rerun, both bound to pair 1 as it was drawn: the first finishes the pair,
     # the second (meant for the next pair, pressed before it appeared) must not overwrite the finished answer.
-    at.button(key="ans_quality_left").click()
-    at.button(key="ans_quality_right").click()
+    ans(at, "quality", "left").click()
+    ans(at, "quality", "right").click()
     at.run()
     assert not at.exception
     assert pair_label(at).startswith("Pair 2 of")

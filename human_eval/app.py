@@ -80,7 +80,9 @@ tab whenever you like and open your link again later to continue where you stopp
 """
 
 # Static styling only (no data is ever interpolated here). A pair's container (.st-key-pair_N) stays invisible and
-# unclickable until pair_input.js has seen it whole (opacity: no child can undo it, unlike visibility); the prompt
+# unclickable until pair_input.js has seen it whole (opacity: no child can undo it, unlike visibility), and the
+# buttons with a key appear once pair_input.js takes the keys (Streamlit's own shortcuts drop some presses that
+# come as a page first appears, and the module needs 0.1-0.4 s to start); the prompt
 # box scrolls from its first line; images fit the window with the buttons (--k3-image-height, set by pair_input.js);
 # the header, the two images and each row of answer buttons stay side by side on a phone.
 STYLE = """
@@ -88,6 +90,8 @@ STYLE = """
 [data-testid="stMainBlockContainer"] { padding-top: 0.8rem; padding-bottom: 1rem; }
 header[data-testid="stHeader"] { height: 0; }
 [class*="st-key-pair_"] { opacity: 0; pointer-events: none; transition: none !important; }
+html:not(.k3eval-input) :is(.st-key-start, .st-key-continue, .st-key-back, .st-key-guideline) { opacity: 0;
+  pointer-events: none; }
 .st-key-k3_input { display: none; }
 .st-key-prompt [data-testid="stText"] { display: block; max-height: 8.4em; overflow-y: auto;
   overscroll-behavior: contain; }
@@ -146,10 +150,10 @@ NOT_ON_SCREEN = ("That answer was not counted: no pair was fully on screen when 
 ALL_DONE_KEY = "That key was not counted: you have already answered every pair."
 
 
-@st.cache_resource
 def server_log() -> logging.Logger:
     """The app's logger: the server's output (what `k3eval sbs serve` prints) gets errors with their detail and
-    every answer that was not counted. One handler per process."""
+    every answer that was not counted. One handler per process (the logger outlives the script's reruns). Not an
+    st.cache_resource: callbacks call it, and a cached call can stop a callback half-way when a rerun is waiting."""
     if not LOG.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s k3eval-app %(levelname)s %(message)s"))
@@ -201,13 +205,12 @@ class Throttled(Exception):
         super().__init__(f"Too many sign-in attempts from this browser or network: wait {wait:.0f} s, then try again.")
 
 
-def sign_in(token: str, study: str) -> None:
+def sign_in(token: str, study: str, throttle: SignInThrottle) -> None:
     """Authenticate once per browser session (a login row in the audit log; a refusal counted there and in the
     throttle, which turns attempts away for a growing time after repeated refusals)."""
     address = st.context.ip_address
     address = address if isinstance(address, str) and address else "local"  # None on localhost
     keys = [("session", st.session_state.setdefault("throttle_id", secrets.token_hex(8))), ("address", address)]
-    throttle = signin_throttle()
     wait = throttle.wait(keys)
     if wait > 0:
         raise Throttled(wait)
@@ -226,13 +229,13 @@ def sign_in(token: str, study: str) -> None:
         st.query_params["token"] = token
 
 
-def on_typed_token(study: str) -> None:
+def on_typed_token(study: str, throttle: SignInThrottle) -> None:
     token = (st.session_state.get("typed_token") or "").strip()
     if not token:
         flash("warning", "Enter the token from your personal link.")
         return
     try:
-        sign_in(token, study)
+        sign_in(token, study, throttle)
     except Throttled as e:
         flash("error", str(e))
     except (UserError, SQLAlchemyError) as e:
@@ -248,7 +251,7 @@ def current_user(study: str):
         return who
     if token:
         try:
-            sign_in(token, study)
+            sign_in(token, study, signin_throttle())
         except Throttled as e:
             st.error(inert(str(e)))
             return None
@@ -266,7 +269,8 @@ def login_page(study: str) -> None:
     st.write("Open your personal link, or paste the token it contains.")
     with st.form("login", border=False):
         st.text_input("Token", key="typed_token", type="password", placeholder="token from your link")
-        st.form_submit_button("Sign in", key="sign_in", type="primary", on_click=on_typed_token, args=(study,))
+        st.form_submit_button("Sign in", key="sign_in", type="primary", on_click=on_typed_token,
+                             args=(study, signin_throttle()))
 
 
 # ---- annotator pages ----------------------------------------------------------------------------------------------
@@ -292,7 +296,7 @@ def guideline_page(who, first_time: bool) -> None:
     st.markdown("**Keyboard:** " + "; ".join(keys) + ". " + GUIDELINE_END)
     st.button("Start" if first_time else "Continue", key="start", type="primary", shortcut=CONTINUE_KEY,
               on_click=on_guideline_read)
-    pair_input(None, active=False)
+    pair_input(None, active=False, nav={CONTINUE_KEY: "start"})
 
 
 QUESTION_NAMES = {"alignment": "text match", "quality": "visual quality"}
@@ -352,19 +356,26 @@ def on_answer(position: int, question: str, answer: str) -> None:
     submit(position, question, answer, None)
 
 
-def input_events(raw) -> list[tuple[int, int | None, str, str, int | None]]:
-    """(seq, pair, question, answer, ms) of each well-formed event from pair_input.js, in order; the rest (the
-    browser is not trusted) is dropped."""
+NAV_ACTIONS = ("start", "continue", "back", "help")
+
+
+def input_events(raw) -> list[dict]:
+    """The well-formed events from pair_input.js, in the order the keys went down: answers (pair, question, answer,
+    ms) and page keys (action, pair). The rest is dropped: the browser is not trusted."""
     out = []
     for ev in raw if isinstance(raw, list) else []:
-        if not isinstance(ev, dict):
+        if not isinstance(ev, dict) or not _is_int(ev.get("seq")):
             continue
-        seq, pair, q, a, ms = (ev.get(k) for k in ("seq", "pair", "question", "answer", "ms"))
-        if not _is_int(seq) or (pair is not None and not _is_int(pair)) or q not in ("alignment", "quality") \
-                or a not in ANSWER_ORDER:
+        pair = ev.get("pair")
+        if pair is not None and not _is_int(pair):
             continue
-        out.append((seq, pair, q, a, ms if _is_int(ms) and 0 <= ms <= 3_600_000 else None))
-    return sorted(out)
+        if ev.get("kind") == "answer" and ev.get("question") in QUESTION_NAMES and ev.get("answer") in ANSWER_ORDER:
+            ms = ev.get("ms")
+            out.append({"seq": ev["seq"], "kind": "answer", "pair": pair, "question": ev["question"],
+                        "answer": ev["answer"], "ms": ms if _is_int(ms) and 0 <= ms <= 3_600_000 else None})
+        elif ev.get("kind") == "nav" and ev.get("action") in NAV_ACTIONS:
+            out.append({"seq": ev["seq"], "kind": "nav", "pair": pair, "action": ev["action"]})
+    return sorted(out, key=lambda e: e["seq"])
 
 
 def _is_int(v) -> bool:
@@ -372,26 +383,41 @@ def _is_int(v) -> bool:
 
 
 def on_input() -> None:
-    """Answers from pair_input.js: each event once, in the order the keys went down."""
+    """Events from pair_input.js: each once (the browser sends them again until acknowledged), in order."""
     result = st.session_state.get("k3_input")
     raw = result.get("input") if result is not None else None
-    last = st.session_state.get("input_seq", 0)
-    for seq, pair, question, answer, ms in input_events(raw):
-        if seq > last:
-            last = seq
-            submit(pair, question, answer, ms)
-    st.session_state.input_seq = last
+    for ev in input_events(raw):
+        if ev["seq"] <= st.session_state.get("input_seq", 0):
+            continue
+        # Marked as handled first: a callback cut short by a rerun must never handle an event twice.
+        st.session_state.input_seq = ev["seq"]
+        if st.session_state.get("who") is None:
+            continue  # signed out meanwhile (token revoked)
+        if ev["kind"] == "answer":
+            submit(ev["pair"], ev["question"], ev["answer"], ev["ms"])
+        elif ev["action"] == "start":
+            on_guideline_read()
+        elif ev["action"] == "continue":
+            on_continue()
+        elif ev["action"] == "help":
+            on_show_guideline()
+        else:
+            on_back(st.session_state.get("pairs", {}).get(ev["pair"]))
 
 
-def pair_input(view, active: bool) -> None:
-    """Mount pair_input.js (at the end of the page: its data arrives after the pair's elements)."""
+def pair_input(view, active: bool, nav: dict[str, str]) -> None:
+    """Mount pair_input.js (at the end of the page: its data arrives after the pair's elements). `active`: answer
+    keys are taken (and answered "not counted" when no pair is whole on screen); `nav`: the page's other keys
+    (key -> one of NAV_ACTIONS)."""
     questions = [q.key for q in view.questions] if view is not None else []
     keys = {key: [q, a] for row, q in enumerate(questions[:len(ROW_KEYS)]) for key, a in zip(ROW_KEYS[row],
                                                                                            ANSWER_ORDER)}
     data = {"pair": view.position if view is not None else None, "active": active, "keys": keys,
+            "nav": {k.upper(): action for k, action in nav.items()},
             "ack": st.session_state.get("input_seq", 0),
             "session": st.session_state.setdefault("input_session", secrets.token_hex(8))}
-    PAIR_INPUT(key="k3_input", data=data, on_input_change=on_input)
+    # on_repair: pair_input.js asks for a rerun, which registers the pair's image files with Streamlit again.
+    PAIR_INPUT(key="k3_input", data=data, on_input_change=on_input, on_repair_change=lambda: None)
 
 
 def on_back(before: int | None) -> None:
@@ -473,17 +499,21 @@ def voting_page(who) -> None:
     view = item_view(who, edit) if edit is not None else next_item(who)
     done, assigned = progress(who)
     header(done, assigned, view)
-    show_flash()
+    with st.container(key="messages"):
+        # Always there, empty or not: a message coming or going must not move the pair to another place in the
+        # page (Streamlit would then build the pair's container again, element by element).
+        show_flash()
     st.session_state.all_done = view is None
     if view is None:
         with st.container(key="all_done"):
             st.success(f"All done: you answered all {assigned} pairs. Thank you! You can close this tab.")
-        pair_input(None, active=True)  # late keys are answered ("not counted"), never silently dropped
+        # Late keys are answered "not counted", never silently dropped.
+        pair_input(None, active=True, nav={BACK_KEY: "back", HELP_KEY: "help"})
         return
     if view.closed:
         with st.container(key="closed"):
             st.info(StudyClosed.public_text)
-        pair_input(None, active=False)
+        pair_input(None, active=False, nav={HELP_KEY: "help"})
         return
     st.session_state.setdefault("shown", {}).setdefault(view.item_id, time.monotonic())
     st.session_state.setdefault("pairs", {})[view.position] = view.item_id
@@ -523,7 +553,8 @@ def voting_page(who) -> None:
                                    on_click=on_answer, args=(view.position, q.key, answer))
         with st.container(key="item_marker"):
             st.caption(f"Pair {view.position} of {view.total}")
-    pair_input(view, active=True)
+    nav = {BACK_KEY: "back", HELP_KEY: "help", **({CONTINUE_KEY: "continue"} if mode == "edit" else {})}
+    pair_input(view, active=True, nav=nav)
     if mode == "current":
         prefetch_following(who, view)
 

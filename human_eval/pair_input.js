@@ -1,4 +1,4 @@
-// Answer keys and answer clicks of the annotation app (human_eval/app.py mounts this as the `k3_input` component).
+// Keys and answer clicks of the annotation app (human_eval/app.py mounts this as the `k3_input` component).
 //
 // Why it exists: Streamlit's own shortcuts and buttons reach the server as "button X was pressed", and the server
 // runs the callback it registered last for X, which may already be the next pair's. So a key pressed while pair k
@@ -13,11 +13,17 @@
 // are sized so that the answer buttons fit the window.
 //
 // Answers go to the server as the list of those it has not acknowledged yet (data.ack), each with a sequence
-// number: two quick presses that Streamlit merges into one rerun both arrive, and the server counts each once.
+// number: two quick presses that Streamlit merges into one rerun both arrive, and the server counts each once; what
+// is not acknowledged is sent again. The page's other keys (Enter, B, H: data.nav) travel the same way, so that a key
+// pressed as a page first appears is never lost. An image whose file Streamlit deleted too early (see `repair`) is
+// fetched again.
 
 const STATE = "__k3evalPairInput";
 const MIN_IMAGE_PX = 120;
 const MAX_PENDING = 50;
+const REPAIR_EVERY_MS = 400;
+const MAX_REPAIRS = 50;
+const RESEND_MS = 1500;
 
 function pairBox(pos) {
   return pos === null ? null : document.querySelector(`.st-key-pair_${pos}`);
@@ -32,10 +38,29 @@ function whole(box) {
   return imgs.length === 2 && imgs.every((i) => i.complete && i.naturalWidth > 0);
 }
 
-function settled(box) {
-  // Decoded, or failed for good (shown as broken; `whole` stays false, so keys on it are refused).
-  const imgs = images(box);
-  return imgs.length === 2 && imgs.every((i) => i.complete);
+function broken(box) {
+  return images(box).filter((i) => i.complete && i.naturalWidth === 0);
+}
+
+function repair(s, failed) {
+  // Streamlit deletes the files of a run's images when the next run was cut short by yet another rerun (it collects
+  // "orphaned" files even then), so a burst of keys can leave the browser asking for an image that is gone. Ask for
+  // a rerun, which registers the file again under the same address, then fetch it again under a fresh one.
+  const now = performance.now();
+  if (now - s.repairAt < REPAIR_EVERY_MS || s.repairs >= MAX_REPAIRS) return;
+  s.repairAt = now;
+  s.repairs += 1;
+  const n = s.repairs;
+  try {
+    s.send("repair", n);
+  } catch (err) {
+    console.error("k3eval: repair not sent", err);
+  }
+  setTimeout(() => failed.forEach((img) => {
+    const url = new URL(img.src);
+    url.searchParams.set("k3retry", String(n));
+    img.src = url.toString();
+  }), REPAIR_EVERY_MS / 2);
 }
 
 function scrollToTop() {
@@ -60,6 +85,7 @@ function fit(s) {
 }
 
 function reveal(s) {
+  s.repairs = 0;
   s.shown = s.want;
   s.shownAt = performance.now();
   scrollToTop();
@@ -76,14 +102,17 @@ function hideAll(s) {
 }
 
 function watch(s) {
+  // Every frame until the wanted pair is whole: then show it (once per pair); meanwhile repair images that failed.
   cancelAnimationFrame(s.raf);
   const step = () => {
     const box = pairBox(s.want);
-    if (box && settled(box)) {
-      reveal(s);
-    } else {
-      s.raf = requestAnimationFrame(step);
+    if (box && whole(box)) {
+      if (s.shown !== s.want) reveal(s);
+      return;
     }
+    const failed = box ? broken(box) : [];
+    if (failed.length) repair(s, failed);
+    s.raf = requestAnimationFrame(step);
   };
   step();
 }
@@ -93,30 +122,51 @@ function onScreen(s) {
   return box && whole(box) ? s.shown : null;
 }
 
-function submit(s, question, answer, via, clicked) {
-  const pair = onScreen(s);
-  const ok = pair !== null && (clicked === undefined || clicked === pair);
-  s.seq += 1;
-  s.pending.push({seq: s.seq, pair: ok ? pair : null, question, answer, via,
-    ms: ok ? Math.round(performance.now() - s.shownAt) : null});
-  if (s.pending.length > MAX_PENDING) s.pending = s.pending.slice(-MAX_PENDING);
+function send(s) {
+  s.sentAt = performance.now();
   try {
     s.send("input", s.pending.slice());
   } catch (err) {
-    console.error("k3eval: answer not sent", err);
+    console.error("k3eval: input not sent", err);
   }
+  // Until the server acknowledges them (data.ack), the events are sent again now and then: a rerun request that
+  // Streamlit drops must not lose a key.
+  clearTimeout(s.resend);
+  s.resend = setTimeout(() => {
+    if (s.pending.length) send(s);
+  }, RESEND_MS);
+}
+
+function push(s, ev) {
+  s.seq += 1;
+  s.pending.push({seq: s.seq, ...ev});
+  if (s.pending.length > MAX_PENDING) s.pending = s.pending.slice(-MAX_PENDING);
+  send(s);
+}
+
+function submit(s, question, answer, via, clicked) {
+  const pair = onScreen(s);
+  const ok = pair !== null && (clicked === undefined || clicked === pair);
+  push(s, {kind: "answer", pair: ok ? pair : null, question, answer, via,
+    ms: ok ? Math.round(performance.now() - s.shownAt) : null});
 }
 
 function onKey(s, e) {
-  if (!s.active || e.ctrlKey || e.metaKey || e.altKey || typeof e.key !== "string") return;
+  if (e.ctrlKey || e.metaKey || e.altKey || typeof e.key !== "string") return;
   const t = e.target;
   if (t && (t.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(t.tagName))) return;
-  const target = s.keys[e.key.toUpperCase()];
-  if (!target) return;
+  const key = e.key.toUpperCase();
+  const answer = s.active ? s.keys[key] : undefined;
+  const nav = s.nav[key];
+  if (!answer && !nav) return;
   e.preventDefault();
   e.stopImmediatePropagation();
   if (e.repeat) return; // a key held down is one press, not many
-  submit(s, target[0], target[1], "key");
+  if (answer) {
+    submit(s, answer[0], answer[1], "key");
+  } else {
+    push(s, {kind: "nav", action: nav, pair: onScreen(s)});
+  }
 }
 
 function onClick(s, e) {
@@ -132,13 +182,15 @@ function state() {
   let s = window[STATE];
   if (!s) {
     s = {seq: 0, pending: [], session: null, want: null, shown: null, shownAt: 0, keys: {}, active: false,
-      send: null, raf: 0, style: document.createElement("style")};
+      nav: {}, send: null, raf: 0, repairs: 0, repairAt: 0, resend: 0, sentAt: 0,
+      style: document.createElement("style")};
     window[STATE] = s;
     document.head.appendChild(s.style);
     // Capture phase on window: before Streamlit's own listeners (on document and below) see the event.
     window.addEventListener("keydown", (e) => onKey(s, e), true);
     window.addEventListener("click", (e) => onClick(s, e), true);
     window.addEventListener("resize", () => fit(s));
+    document.documentElement.classList.add("k3eval-input"); // app.py's CSS shows the buttons with a key from now on
   }
   return s;
 }
@@ -154,11 +206,12 @@ export default function (component) {
   }
   s.pending = s.pending.filter((ev) => ev.seq > (data.ack || 0));
   s.keys = data.keys || {};
+  s.nav = data.nav || {};
   s.active = Boolean(data.active);
   s.want = data.pair ?? null;
   if (s.want === null) {
     hideAll(s);
-  } else if (s.want !== s.shown || !pairBox(s.shown)) {
-    watch(s);
+  } else {
+    watch(s); // also for the pair already shown: Streamlit may have rebuilt its elements
   }
 }

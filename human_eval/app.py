@@ -116,7 +116,7 @@ html:not(.k3eval-input) :is(.st-key-start, .st-key-continue, .st-key-back, .st-k
   .st-key-answers [data-testid="stHorizontalBlock"] { gap: 0.35rem; }
   .st-key-answers button, .st-key-header button { padding: 0.25rem 0.2rem; min-height: 2.4rem; }
   .st-key-answers button p, .st-key-header button p { font-size: 0.85rem; }
-  .st-key-header kbd { display: none; }
+  .st-key-header kbd, .st-key-answers code { display: none; }
   .st-key-header [data-testid="stColumn"]:not(:first-child) { flex: 0 0 auto !important; width: auto !important; }
 }
 </style>

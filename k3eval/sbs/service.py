@@ -281,7 +281,7 @@ def authenticate(token: str, study: str, db_url: str | None = None, *, log: bool
     AccessDenied (the same message for all three, so a token's existence is not revealed). Unless log=False, a
     successful call writes a 'login' entry to the audit log (call it once per browser session and keep the result)
     and a refusal is counted on the study's 'login_refused' row for `source` (e.g. the client's address): one row
-    per source while refusals keep coming less than an hour apart, with counts per reason, not one row each."""
+    per source while its refusals keep coming less than an hour apart, with counts per reason, not one row each."""
     url = normalize_url(db_url)
     engine = get_engine(url)
     token = (token or "").strip()
@@ -310,14 +310,17 @@ def authenticate(token: str, study: str, db_url: str | None = None, *, log: bool
 
 
 def _count_refusal(s, study_id: int, reason: str, source: str) -> None:
-    """Add one refused sign-in to the study's latest 'login_refused' row when it is for the same source and recent,
-    else start a new row. The row is locked first, so that concurrent refusals never lose a count."""
+    """Add one refused sign-in to the study's latest 'login_refused' row of this source when its last refusal is
+    recent, else start a new row. The study's row is locked first (FOR UPDATE; SQLite has one writer anyway), so
+    that concurrent refusals never lose a count nor start two rows."""
     now = utcnow()
-    last = s.scalars(select(AuditLog).where(AuditLog.study_id == study_id, AuditLog.event == "login_refused")
-                     .order_by(AuditLog.id.desc()).limit(1).with_for_update()).first()
+    s.execute(select(Study.id).where(Study.id == study_id).with_for_update())
+    last = s.scalars(select(AuditLog).where(AuditLog.study_id == study_id, AuditLog.event == "login_refused",
+                                            AuditLog.detail["source"].as_string() == source)
+                     .order_by(AuditLog.id.desc()).limit(1)).first()
     d = dict(last.detail or {}) if last is not None else {}
     recent = "last" in d and (now - _parse_utc(d["last"])).total_seconds() < REFUSALS_ROW_S
-    if last is None or d.get("source") != source or not recent:
+    if last is None or not recent:
         audit(s, "login_refused", study_id, None, source=source, count=1, reasons={reason: 1},
               first=now.isoformat(), last=now.isoformat())
         return

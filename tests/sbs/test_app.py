@@ -9,12 +9,23 @@ import time
 from pathlib import Path
 
 import pytest
+import streamlit as st
+from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
 from k3eval.sbs import authenticate, create_study, dispose_engines, queue, votes_frame
 
 APP = Path(__file__).resolve().parents[2] / "human_eval" / "app.py"
 STUDY = "alpha-vs-beta"
+
+
+@pytest.fixture(autouse=True)
+def fresh_server_state():
+    """The app's shared resources (display cache, sign-in throttle) live for a server process; AppTest runs every
+    test in this one, so each test starts from fresh ones."""
+    st.cache_resource.clear()
+    yield
+    st.cache_resource.clear()
 
 
 @pytest.fixture
@@ -240,8 +251,16 @@ def test_admin_page_shows_progress_and_export(study):
     assert not other.dataframe and other.title[0].value == "Guideline"
 
 
-def test_missing_database_gives_a_message_not_a_traceback(study, tmp_path):
+def no_server_detail(at: AppTest, tmp_path) -> None:
+    """Nothing on the page names a server path, the database URL or the study."""
+    for text in page_strings(at):
+        for secret in (str(tmp_path), "sqlite", "votes.db", STUDY):
+            assert secret not in text, (secret, text)
+
+
+def test_missing_database_gives_a_message_not_a_traceback(study, tmp_path, caplog):
     at = start_voting(study.tokens["ann-a"])
+    admin = app(study.admin_token)
     dispose_engines()
     for suffix in ("", "-wal", "-shm"):  # the database file is deleted under the running app
         (tmp_path / f"votes.db{suffix}").unlink(missing_ok=True)
@@ -250,6 +269,11 @@ def test_missing_database_gives_a_message_not_a_traceback(study, tmp_path):
     assert any("cannot be reached" in e.value for e in at.error)
     assert any("not found" in t for t in texts(at))
     assert at.button(key="retry")
+    no_server_detail(at, tmp_path)
+    # The server log and the admin's page have what the organiser needs.
+    assert any(str(tmp_path / "votes.db") in r.getMessage() for r in caplog.records if r.name == "k3eval.sbs.app")
+    admin.run()
+    assert any(str(tmp_path / "votes.db") in t for t in texts(admin))
 
 
 def test_locked_database_gives_a_message_and_keeps_the_pair(study, tmp_path):
@@ -295,6 +319,70 @@ def test_database_missing_at_sign_in(study, tmp_path, monkeypatch):
     assert any("cannot be reached" in e.value for e in at.error)
     assert any("not found" in t for t in texts(at))
     assert not (tmp_path / "no-such.db").exists()  # the app never creates an empty database
+    no_server_detail(at, tmp_path)
+
+
+def test_read_only_database_names_no_path(study, tmp_path):
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    at = start_voting(study.tokens["ann-a"])
+    dispose_engines()
+
+    def read_only(dbapi_conn, _record):  # what a read-only file gives (root ignores file modes)
+        dbapi_conn.execute("PRAGMA query_only = ON")
+
+    event.listen(Engine, "connect", read_only)
+    try:
+        ans(at, "alignment", "left").click().run()
+    finally:
+        event.remove(Engine, "connect", read_only)
+        dispose_engines()
+    assert not at.exception
+    assert any("NOT saved" in e.value and "read-only" in e.value.replace("\\", "") for e in at.error)
+    no_server_detail(at, tmp_path)
+    assert len(my_votes(study, "ann-a")) == 0
+
+
+def test_closed_study_takes_no_answer_and_says_so(study):
+    from k3eval.sbs import set_closed
+
+    at = start_voting(study.tokens["ann-a"])
+    set_closed(STUDY, True, study.db_url)
+    ans(at, "alignment", "left").click().run()  # a button of the page drawn before the study was closed
+    assert not at.exception
+    assert any("closed" in w.value for w in at.warning)
+    assert any("closed" in i.value for i in at.info) and not at.image
+    assert not [b for b in at.button if b.key.startswith("ans_")]
+    assert len(my_votes(study, "ann-a")) == 0
+    admin = app(study.admin_token)
+    assert any("closed since" in t for t in texts(admin))
+    set_closed(STUDY, False, study.db_url)
+    at.run()
+    assert len(at.image) == 2
+    ans(at, "alignment", "left").click().run()
+    assert len(my_votes(study, "ann-a")) == 1
+
+
+def test_repeated_wrong_tokens_are_slowed_down_and_counted_on_one_row(study):
+    from k3eval.sbs.store import AuditLog, get_engine, session
+
+    at = app()
+    messages = []
+    for k in range(6):
+        at.text_input(key="typed_token").input(f"wrong-{k}")
+        at.button(key="sign_in").click().run()
+        messages.append(" ".join(e.value.replace("\\", "") for e in at.error))  # the page escapes punctuation
+    # 3 free refusals per browser session, the 4th sets a 1 s wait: the next attempts are turned away unchecked
+    assert all("not valid" in m for m in messages[:4]), messages
+    assert all("Too many sign-in attempts" in m for m in messages[4:]), messages
+    with session(get_engine(study.db_url)) as s:
+        rows = s.scalars(select(AuditLog).where(AuditLog.event == "login_refused")).all()
+    assert len(rows) == 1 and rows[0].detail["count"] == 4 and rows[0].detail["source"] == "local"
+    time.sleep(1.1)  # once the wait is over, the right token works
+    at.text_input(key="typed_token").input(study.tokens["ann-a"])
+    at.button(key="sign_in").click().run()
+    assert at.title[0].value == "Guideline"
 
 
 def test_no_study_configured(monkeypatch):

@@ -79,19 +79,13 @@ for a pair you have already finished, is not counted (the page says so). Your an
 tab whenever you like and open your link again later to continue where you stopped.
 """
 
-# Static styling only (no data is ever interpolated here). A pair's container (.st-key-pair_N) stays invisible and
-# unclickable until pair_input.js has seen it whole (opacity: no child can undo it, unlike visibility), and the
-# buttons with a key appear once pair_input.js takes the keys (Streamlit's own shortcuts drop some presses that
-# come as a page first appears, and the module needs 0.1-0.4 s to start); the prompt
-# box scrolls from its first line; images fit the window with the buttons (--k3-image-height, set by pair_input.js);
-# the header, the two images and each row of answer buttons stay side by side on a phone.
+# Static styling only (no data is ever interpolated here); what is visible when belongs to pair_input.js. The
+# prompt box scrolls from its first line; images fit the window with the buttons (--k3-image-height, set by
+# pair_input.js); the header, the two images and each row of answer buttons stay side by side on a phone.
 STYLE = """
 <style>
 [data-testid="stMainBlockContainer"] { padding-top: 0.8rem; padding-bottom: 1rem; }
 header[data-testid="stHeader"] { height: 0; }
-[class*="st-key-pair_"] { opacity: 0; pointer-events: none; transition: none !important; }
-html:not(.k3eval-input) :is(.st-key-start, .st-key-continue, .st-key-back, .st-key-guideline) { opacity: 0;
-  pointer-events: none; }
 .st-key-k3_input { display: none; }
 .st-key-prompt [data-testid="stText"] { display: block; max-height: 8.4em; overflow-y: auto;
   overscroll-behavior: contain; }
@@ -296,7 +290,7 @@ def guideline_page(who, first_time: bool) -> None:
     st.markdown("**Keyboard:** " + "; ".join(keys) + ". " + GUIDELINE_END)
     st.button("Start" if first_time else "Continue", key="start", type="primary", shortcut=CONTINUE_KEY,
               on_click=on_guideline_read)
-    pair_input(None, active=False, nav={CONTINUE_KEY: "start"})
+    pair_input(None, active=False)
 
 
 QUESTION_NAMES = {"alignment": "text match", "quality": "visual quality"}
@@ -350,10 +344,18 @@ def not_counted(who, why: str, question: str, answer: str) -> None:
     server_log().info("answer not counted (%s): annotator %s, %s=%s", why, who.name, question, answer)
 
 
+def input_lock() -> threading.Lock:
+    """One lock per browser session around its answers. With Streamlit's fast reruns (the default) a new key starts a
+    new script thread while the previous one may still be inside a callback: without the lock two answers of one
+    session could be written in the opposite order from their keys. Created by the page body, before any callback."""
+    return st.session_state.setdefault("input_lock", threading.Lock())
+
+
 def on_answer(position: int, question: str, answer: str) -> None:
     """A button's own callback (no JavaScript: AppTest, or a browser where pair_input.js did not load). The button's
     key holds its pair's position, so a click on a button of a pair that was replaced still names that pair."""
-    submit(position, question, answer, None)
+    with input_lock():
+        submit(position, question, answer, None)
 
 
 NAV_ACTIONS = ("start", "continue", "back", "help")
@@ -385,8 +387,12 @@ def _is_int(v) -> bool:
 def on_input() -> None:
     """Events from pair_input.js: each once (the browser sends them again until acknowledged), in order."""
     result = st.session_state.get("k3_input")
-    raw = result.get("input") if result is not None else None
-    for ev in input_events(raw):
+    with input_lock():
+        handle_events(input_events(result.get("input") if result is not None else None))
+
+
+def handle_events(events: list[dict]) -> None:
+    for ev in events:
         if ev["seq"] <= st.session_state.get("input_seq", 0):
             continue
         # Marked as handled first: a callback cut short by a rerun must never handle an event twice.
@@ -405,19 +411,21 @@ def on_input() -> None:
             on_back(st.session_state.get("pairs", {}).get(ev["pair"]))
 
 
-def pair_input(view, active: bool, nav: dict[str, str]) -> None:
+def pair_input(view, active: bool) -> None:
     """Mount pair_input.js (at the end of the page: its data arrives after the pair's elements). `active`: answer
-    keys are taken (and answered "not counted" when no pair is whole on screen); `nav`: the page's other keys
-    (key -> one of NAV_ACTIONS)."""
+    keys are taken (and answered "not counted" when no pair is whole on screen). The page's other keys press the
+    Start / Continue / Previous / Guideline button that is on the page (pair_input.js knows their keys)."""
+    input_lock()
     questions = [q.key for q in view.questions] if view is not None else []
     keys = {key: [q, a] for row, q in enumerate(questions[:len(ROW_KEYS)]) for key, a in zip(ROW_KEYS[row],
                                                                                            ANSWER_ORDER)}
     data = {"pair": view.position if view is not None else None, "active": active, "keys": keys,
-            "nav": {k.upper(): action for k, action in nav.items()},
+            "ready": bool(st.session_state.get("input_ready")),
             "ack": st.session_state.get("input_seq", 0),
             "session": st.session_state.setdefault("input_session", secrets.token_hex(8))}
     # on_repair: pair_input.js asks for a rerun, which registers the pair's image files with Streamlit again.
-    PAIR_INPUT(key="k3_input", data=data, on_input_change=on_input, on_repair_change=lambda: None)
+    PAIR_INPUT(key="k3_input", data=data, on_input_change=on_input, on_repair_change=lambda: None,
+               on_ready_change=on_ready)
 
 
 def on_back(before: int | None) -> None:
@@ -507,13 +515,12 @@ def voting_page(who) -> None:
     if view is None:
         with st.container(key="all_done"):
             st.success(f"All done: you answered all {assigned} pairs. Thank you! You can close this tab.")
-        # Late keys are answered "not counted", never silently dropped.
-        pair_input(None, active=True, nav={BACK_KEY: "back", HELP_KEY: "help"})
+        pair_input(None, active=True)  # late keys are answered "not counted", never silently dropped
         return
     if view.closed:
         with st.container(key="closed"):
             st.info(StudyClosed.public_text)
-        pair_input(None, active=False, nav={HELP_KEY: "help"})
+        pair_input(None, active=False)
         return
     st.session_state.setdefault("shown", {}).setdefault(view.item_id, time.monotonic())
     st.session_state.setdefault("pairs", {})[view.position] = view.item_id
@@ -553,13 +560,29 @@ def voting_page(who) -> None:
                                    on_click=on_answer, args=(view.position, q.key, answer))
         with st.container(key="item_marker"):
             st.caption(f"Pair {view.position} of {view.total}")
-    nav = {BACK_KEY: "back", HELP_KEY: "help", **({CONTINUE_KEY: "continue"} if mode == "edit" else {})}
-    pair_input(view, active=True, nav=nav)
+    pair_input(view, active=True)
     if mode == "current":
         prefetch_following(who, view)
 
 
+def on_ready() -> None:
+    st.session_state.input_ready = True
+
+
+def loading_page() -> None:
+    """Until pair_input.js runs in this browser (0.1-0.4 s, up to about 1 s in a fresh browser) the page has no pair
+    and no button with a key: Streamlit's own shortcuts drop some presses that come as a page first appears, and a
+    pair shown before the module could see it would take keys nobody handles. The module says "ready" as it starts
+    (AppTest, which runs no JavaScript, sets `input_ready` itself)."""
+    st.title("Image comparison")
+    st.caption("Loading…")
+    pair_input(None, active=False)
+
+
 def annotator_page(who) -> None:
+    if not st.session_state.get("input_ready"):
+        loading_page()
+        return
     first_time = not who.guideline_seen
     if first_time or st.session_state.get("reading_guideline"):
         show_flash()

@@ -7,15 +7,16 @@
 // refuses it, saying so, when that pair is no longer the current one.
 //
 // "Whole on screen": the pair's container (.st-key-pair_N) is in the page with both of its images decoded. Until
-// then app.py's CSS keeps the container invisible, and this module makes it visible (a style rule naming that one
-// pair) only once it is whole: nothing of a pair can be seen, pressed or clicked before that, and a key pressed the
-// moment it appears is already handled here (never lost). On a new pair the page scrolls to the top and the images
-// are sized so that the answer buttons fit the window.
+// then this module's CSS keeps every pair container invisible and unclickable, and it makes one visible (a style
+// rule naming that pair) only once it is whole: nothing of a pair can be seen, pressed or clicked before that. The
+// app draws no pair and no button with a key before this module has told the server it is running ("ready"), so a
+// key pressed the moment something appears is always handled here, never lost. On a new pair the page scrolls to
+// the top and the images are sized so that the answer buttons fit the window.
 //
 // Answers go to the server as the list of those it has not acknowledged yet (data.ack), each with a sequence
 // number: two quick presses that Streamlit merges into one rerun both arrive, and the server counts each once; what
-// is not acknowledged is sent again. The page's other keys (Enter, B, H: data.nav) travel the same way, so that a key
-// pressed as a page first appears is never lost. An image whose file Streamlit deleted too early (see `repair`) is
+// is not acknowledged is sent again. The page's other keys (Enter, B, H) travel the same way, so that a key pressed
+// as a page first appears is never lost. An image whose file Streamlit deleted too early (see `repair`) is
 // fetched again.
 
 const STATE = "__k3evalPairInput";
@@ -24,6 +25,9 @@ const MAX_PENDING = 50;
 const REPAIR_EVERY_MS = 400;
 const MAX_REPAIRS = 50;
 const RESEND_MS = 1500;
+// The page's other keys and the buttons they press (app.py: CONTINUE_KEY, BACK_KEY, HELP_KEY).
+const NAV = {ENTER: [["start", ".st-key-start"], ["continue", ".st-key-continue"]], B: [["back", ".st-key-back"]],
+  H: [["help", ".st-key-guideline"]]};
 
 function pairBox(pos) {
   return pos === null ? null : document.querySelector(`.st-key-pair_${pos}`);
@@ -157,16 +161,17 @@ function onKey(s, e) {
   if (t && (t.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(t.tagName))) return;
   const key = e.key.toUpperCase();
   const answer = s.active ? s.keys[key] : undefined;
-  const nav = s.nav[key];
-  if (!answer && !nav) return;
+  if (!answer && !NAV[key]) return;
   e.preventDefault();
   e.stopImmediatePropagation();
   if (e.repeat) return; // a key held down is one press, not many
   if (answer) {
     submit(s, answer[0], answer[1], "key");
-  } else {
-    push(s, {kind: "nav", action: nav, pair: onScreen(s)});
+    return;
   }
+  // A page key acts on its button only while that button is on the page (which one tells the server what to do).
+  const found = NAV[key].find(([, selector]) => document.querySelector(selector));
+  if (found) push(s, {kind: "nav", action: found[0], pair: onScreen(s)});
 }
 
 function onClick(s, e) {
@@ -178,19 +183,24 @@ function onClick(s, e) {
   if (s.active) submit(s, m[2], m[3], "click", Number(m[1]));
 }
 
+// Opacity, not visibility: no child element can undo it.
+const HIDE_CSS = "[class*='st-key-pair_'] { opacity: 0; pointer-events: none; transition: none !important; }";
+
 function state() {
   let s = window[STATE];
   if (!s) {
     s = {seq: 0, pending: [], session: null, want: null, shown: null, shownAt: 0, keys: {}, active: false,
-      nav: {}, send: null, raf: 0, repairs: 0, repairAt: 0, resend: 0, sentAt: 0,
+      send: null, raf: 0, repairs: 0, repairAt: 0, resend: 0, sentAt: 0, readyAt: -1e9,
       style: document.createElement("style")};
     window[STATE] = s;
+    const hide = document.createElement("style");
+    hide.textContent = HIDE_CSS;
+    document.head.appendChild(hide);
     document.head.appendChild(s.style);
     // Capture phase on window: before Streamlit's own listeners (on document and below) see the event.
     window.addEventListener("keydown", (e) => onKey(s, e), true);
     window.addEventListener("click", (e) => onClick(s, e), true);
     window.addEventListener("resize", () => fit(s));
-    document.documentElement.classList.add("k3eval-input"); // app.py's CSS shows the buttons with a key from now on
   }
   return s;
 }
@@ -205,8 +215,15 @@ export default function (component) {
     s.pending = [];
   }
   s.pending = s.pending.filter((ev) => ev.seq > (data.ack || 0));
+  if (!data.ready && performance.now() - s.readyAt > RESEND_MS) {
+    s.readyAt = performance.now(); // said again after a while if the server has not heard it
+    try {
+      s.send("ready", true);
+    } catch (err) {
+      console.error("k3eval: ready not sent", err);
+    }
+  }
   s.keys = data.keys || {};
-  s.nav = data.nav || {};
   s.active = Boolean(data.active);
   s.want = data.pair ?? null;
   if (s.want === null) {

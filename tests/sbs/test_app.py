@@ -52,6 +52,8 @@ def study_any_db(db_url, two_runs, monkeypatch):
 
 def app(token: str | None = None) -> AppTest:
     at = AppTest.from_file(str(APP), default_timeout=60)
+    # What pair_input.js says as it starts in a browser (AppTest runs no JavaScript); tested in the browser tests.
+    at.session_state["input_ready"] = True
     if token is not None:
         at.query_params["token"] = token
     return at.run()

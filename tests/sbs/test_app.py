@@ -117,6 +117,15 @@ def test_token_from_link_shows_guideline_then_first_pair(study):
     assert authenticate(study.tokens["ann-a"], STUDY, study.db_url, log=False).guideline_seen
 
 
+def test_nothing_takes_a_key_before_the_browser_handles_keys(study):
+    at = AppTest.from_file(str(APP), default_timeout=60)  # no input_ready: pair_input.js has not said it runs
+    at.query_params["token"] = study.tokens["ann-a"]
+    at.run()
+    assert not at.exception
+    assert at.title[0].value == "Image comparison" and any("Loading" in c.value for c in at.caption)
+    assert not at.image and not at.button  # no pair, no Start, no button with a key
+
+
 def test_typed_token_signs_in_and_keeps_it_in_the_address(study):
     at = app()
     assert at.title[0].value == "Image comparison"

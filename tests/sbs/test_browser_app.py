@@ -19,9 +19,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from app_study import (  # noqa: E402
     REPO,
     Server,
-    chromium_available,
-    in_ci,
-    launch,
     make_photo_run,
     wait_app,
     wait_pair,
@@ -36,21 +33,6 @@ ARTIFACTS = REPO / "tests" / "artifacts"
 STUDY = "photo-study"
 KEY_ANSWERS = {"1": "left", "2": "right", "3": "equal", "4": "both_bad",
                "a": "left", "s": "right", "d": "equal", "f": "both_bad"}
-
-
-@pytest.fixture
-def browser():
-    why = chromium_available()
-    if why:
-        if in_ci():
-            pytest.fail(f"browser test cannot run: {why}")
-        pytest.skip(why)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = launch(pw)
-        yield b
-        b.close()
 
 
 @pytest.fixture

@@ -26,9 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from app_study import (  # noqa: E402
     DISPLAYED_JS,
     Server,
-    chromium_available,
-    in_ci,
-    launch,
     make_photo_run,
     start_voting,
     wait_app,
@@ -55,21 +52,6 @@ new MutationObserver(() => {{
     }}
 }}).observe(document, {{subtree: true, childList: true}});
 """
-
-
-@pytest.fixture
-def browser():
-    why = chromium_available()
-    if why:
-        if in_ci():
-            pytest.fail(f"browser test cannot run: {why}")
-        pytest.skip(why)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = launch(pw)
-        yield b
-        b.close()
 
 
 @pytest.fixture

@@ -18,9 +18,6 @@ from app_study import (  # noqa: E402
     DISPLAYED_JS,
     REPO,
     Server,
-    chromium_available,
-    in_ci,
-    launch,
     make_photo_run,
     start_voting,
     wait_app,
@@ -73,21 +70,6 @@ GEOMETRY_JS = """() => {
             buttons: [...document.querySelectorAll("[class*='st-key-ans_'] button")].map(rect),
             scroll: [window.scrollY, main ? main.scrollTop : 0], width: innerWidth, height: innerHeight};
 }"""
-
-
-@pytest.fixture
-def browser():
-    why = chromium_available()
-    if why:
-        if in_ci():
-            pytest.fail(f"browser test cannot run: {why}")
-        pytest.skip(why)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = launch(pw)
-        yield b
-        b.close()
 
 
 @pytest.fixture

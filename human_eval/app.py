@@ -49,6 +49,7 @@ from k3eval.sbs import (
     record_vote,
 )
 from k3eval.sbs.images import DEFAULT_MAX_SIDE, DisplayCache
+from k3eval.sbs.service import ANSWER_LABELS
 from k3eval.sbs.throttle import SignInThrottle
 
 STUDY_ENV = "K3EVAL_SBS_STUDY"
@@ -116,7 +117,7 @@ header[data-testid="stHeader"] { height: 0; }
 </style>
 """
 # Answers in the order of the buttons; ROW_KEYS[q][k] is the key of answer k of question q (sent to pair_input.js).
-ANSWER_ORDER = ("left", "right", "equal", "both_bad")
+ANSWER_ORDER = tuple(ANSWER_LABELS)
 PAIR_INPUT_JS = (Path(__file__).with_name("pair_input.js")).read_text(encoding="utf-8")
 LOG = logging.getLogger("k3eval.sbs.app")
 PAIR_INPUT = st.components.v2.component("k3eval_pair_input", js=PAIR_INPUT_JS)
@@ -297,8 +298,7 @@ QUESTION_NAMES = {"alignment": "text match", "quality": "visual quality"}
 
 
 def answer_text(question: str, answer: str) -> str:
-    label = {"left": "Left", "right": "Right", "equal": "Equal", "both_bad": "Both bad"}[answer]
-    return f"Your answer {label} ({QUESTION_NAMES[question]})"
+    return f"Your answer {ANSWER_LABELS[answer]} ({QUESTION_NAMES[question]})"
 
 
 def submit(position: int | None, question: str, answer: str, ms: int | None) -> None:

@@ -2,9 +2,10 @@
 
 One annotator (Chromium through Playwright) answers N pairs of 1024x1024 images with the keyboard, served by
 `k3eval sbs serve`. For every pair the clock starts when the key that answers the last question is pressed and
-stops when the next pair is on the page: its "Pair k of N" marker drawn and both images decoded (`img.complete`,
-`naturalWidth > 0`). Every pair shows two images never shown before, so each one goes through the whole path:
-access check, file read, decode, resize, JPEG encode, transfer, decode in the browser.
+stops when the next pair is what a person sees: its container shown (the app keeps a pair invisible until it is
+whole), its "Pair k of N" marker drawn and both images decoded (`img.complete`, `naturalWidth > 0`). Every pair
+shows two images never shown before, so each one goes through the whole path: access check, file read, decode,
+resize, JPEG encode, transfer, decode in the browser.
 
 Reference in the same run: a bare Streamlit page that swaps two pre-encoded JPEGs of the same size on a key press
 (no database, no image processing): the floor that any Streamlit app pays per rerun. The ratio app/floor is what
@@ -59,7 +60,7 @@ def _study(work: Path, pairs: int, size: int) -> tuple[str, str, str]:
 
 
 def measure_app(browser, work: Path, pairs: int, size: int) -> list[float]:
-    from app_study import Server, wait_app, wait_pair
+    from app_study import Server, start_voting, wait_app, wait_pair
 
     db, token, study = _study(work, pairs, size)
     server = Server(study, db, work / "serve.log").start()
@@ -67,14 +68,13 @@ def measure_app(browser, work: Path, pairs: int, size: int) -> list[float]:
         page = browser.new_page(viewport=VIEWPORT)
         page.goto(f"{server.base}/?token={token}")
         wait_app(page)
-        page.wait_for_selector(".st-key-start")
-        page.keyboard.press("Enter")
+        start_voting(page)
         total = pairs + 1
         times = []
         for pos in range(1, pairs + 1):
             wait_pair(page, pos, total, timeout_ms=60_000)
             page.keyboard.press("1")
-            page.wait_for_selector(".st-key-ans_alignment_left button[kind='primary']")
+            page.wait_for_selector(f".st-key-ans_{pos}_alignment_left button[kind='primary']")
             t0 = time.perf_counter()
             page.keyboard.press("s")
             wait_pair(page, pos + 1, total, timeout_ms=60_000)
@@ -95,14 +95,15 @@ FLOOR_APP = textwrap.dedent('''
     k = st.session_state.setdefault("k", 0)
     def nxt():
         st.session_state.k += 1
-    a, b = st.columns(2)
-    with a, st.container(key="left_image"):
-        st.image(pairs()[k][0], width="stretch")
-    with b, st.container(key="right_image"):
-        st.image(pairs()[k][1], width="stretch")
-    st.button("next", key="next", shortcut="S", on_click=nxt)
-    with st.container(key="item_marker"):
-        st.caption(f"Pair {k + 1} of {len(pairs())}")
+    with st.container(key=f"pair_{k + 1}"):  # the same page structure the tests' wait_pair looks for
+        a, b = st.columns(2)
+        with a, st.container(key="left_image"):
+            st.image(pairs()[k][0], width="stretch")
+        with b, st.container(key="right_image"):
+            st.image(pairs()[k][1], width="stretch")
+        st.button("next", key="next", shortcut="S", on_click=nxt)
+        with st.container(key="item_marker"):
+            st.caption(f"Pair {k + 1} of {len(pairs())}")
 ''')
 
 

@@ -1,4 +1,4 @@
-"""`k3eval sbs ...`: create a study, show its status, export its votes.
+"""`k3eval sbs ...`: create a study, show its status, close or reopen it, export its votes.
 
 Other modules add their own `sbs` sub-commands through `register(sbs_subparsers)`: `k3eval.sbs.cli_app` (serve)
 and `k3eval.sbs.cli_stats` (stats, simulate), each loaded only when it exists. Nothing heavy is imported until a
@@ -100,18 +100,47 @@ def cmd_status(args) -> int:
 
     info = study_info(args.name, args.db)
     ov = admin_overview(args.name, args.db)
-    print(f"study {info['name']!r}: {info['n_items']} items ({info['n_gold']} gold, {info['n_repeats']} repeats), "
-          f"overlap {info['overlap']}, questions {', '.join(info['questions'])}, runs {', '.join(info['runs'])}")
+    state = f"closed since {info['closed'][:19].replace('T', ' ')} UTC" if info["closed"] else "open"
+    print(f"study {info['name']!r} ({state}): {info['n_items']} items ({info['n_gold']} gold, {info['n_repeats']} "
+          f"repeats), overlap {info['overlap']}, questions {', '.join(info['questions'])}, runs "
+          f"{', '.join(info['runs'])}")
     pct = 100.0 * ov.votes / ov.expected_votes if ov.expected_votes else 0.0
     print(f"votes: {ov.votes} of {ov.expected_votes} ({pct:.1f} %); logins {ov.logins}, exports {ov.exports}")
-    print(f"{'annotator':<24} {'done':>9} {'votes':>6} {'gold':>9} {'repeats':>8} {'median s':>9} {'left %':>7}  flags")
+    rows = [("annotator", "done", "votes", "gold", "repeats", "median s", "left %", "flags")]
     for a in ov.annotators:
-        gold = f"{a.gold_correct}/{a.gold_total}" if a.gold_total else "-"
-        rep = f"{a.repeat_agree}/{a.repeat_total}" if a.repeat_total else "-"
-        med = f"{a.median_seconds:.1f}" if a.median_seconds is not None else "-"
-        left = f"{100 * a.left_share:.0f}" if a.left_share is not None else "-"
-        print(f"{a.name:<24} {a.done:>4}/{a.assigned:<4} {a.votes:>6} {gold:>9} {rep:>8} {med:>9} {left:>7}  "
-              f"{', '.join(a.flags)}")
+        rows.append((a.name, f"{a.done}/{a.assigned}", str(a.votes),
+                     f"{a.gold_correct}/{a.gold_total}" if a.gold_total else "-",
+                     f"{a.repeat_agree}/{a.repeat_total}" if a.repeat_total else "-",
+                     f"{a.median_seconds:.1f}" if a.median_seconds is not None else "-",
+                     f"{100 * a.left_share:.0f}" if a.left_share is not None else "-", ", ".join(a.flags)))
+    print_table(rows)
+    return 0
+
+
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    """Rows of text as columns: the first column left-aligned, the last (free text) as is, the others right-aligned,
+    each as wide as its widest cell, the header included."""
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]) - 1)]
+    for r in rows:
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:-1], widths[1:])]
+        print(("  ".join(cells) + "  " + r[-1]).rstrip())
+
+
+def cmd_close(args) -> int:
+    from k3eval.sbs import set_closed
+
+    out = set_closed(args.name, True, args.db)
+    when = out["closed"][:19].replace("T", " ")
+    print(f"study {args.name!r} {'closed' if out['changed'] else 'was already closed'} (since {when} UTC): no vote "
+          "is stored or changed any more; `k3eval sbs reopen` opens it again")
+    return 0
+
+
+def cmd_reopen(args) -> int:
+    from k3eval.sbs import set_closed
+
+    out = set_closed(args.name, False, args.db)
+    print(f"study {args.name!r} {'reopened' if out['changed'] else 'was already open'}: annotators can vote again")
     return 0
 
 
@@ -139,8 +168,9 @@ def _db_arg(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
-    """Add `k3eval sbs` with create, status, export, revoke, then the sub-commands of EXTRA_MODULES."""
-    p = subparsers.add_parser("sbs", help="blind side-by-side human studies: create, status, export (serve, stats)")
+    """Add `k3eval sbs` with create, status, export, close, reopen, revoke, then the sub-commands of EXTRA_MODULES."""
+    p = subparsers.add_parser("sbs", help="blind side-by-side human studies: create, status, export, close (serve, "
+                              "stats)")
     sub = p.add_subparsers(dest="sbs_command", metavar="ACTION", parser_class=type(p), required=True)
 
     c = sub.add_parser("create", help="create a study from run folders made on one prompt set; prints the links")
@@ -174,6 +204,13 @@ def register(subparsers) -> None:
     e.add_argument("--out", required=True, help="FILE.parquet or FILE.csv")
     _db_arg(e)
     e.set_defaults(func=cmd_export)
+
+    for name, func, text in (("close", cmd_close, "close a study: from now on no vote is stored or changed"),
+                             ("reopen", cmd_reopen, "reopen a closed study")):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("name", help="study name")
+        _db_arg(c)
+        c.set_defaults(func=func)
 
     r = sub.add_parser("revoke", help="revoke one annotator's token (their votes stay)")
     r.add_argument("name")

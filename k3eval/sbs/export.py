@@ -21,7 +21,9 @@ from k3eval.sbs.store import (
     audit,
     find_study,
     get_engine,
+    make_folders,
     normalize_url,
+    remove_folders,
     session,
 )
 
@@ -89,9 +91,10 @@ def votes_frame(study, db_url: str | None = None):
 def study_info(study, db_url: str | None = None) -> dict[str, Any]:
     """Facts about a study: name, questions, runs {name: path}, prompt_set, prompt_set_hash, created (ISO),
     simulated (the study was made by simulation or holds simulated votes), n_items (regular + gold), n_annotators,
-    overlap, plus comparisons, reference, seed, gold, repeats, n_gold, n_repeats, n_votes, n_expected_votes (every
-    assignment x question: the votes of a complete study), and pairing (mode 'seed', 'prompt' or 'unpaired', see
-    `k3eval.sbs.design.pairing_of`; None for studies made before it)."""
+    overlap, closed (ISO time it was closed, or None while open), plus comparisons, reference, seed, gold, repeats,
+    n_gold, n_repeats, n_votes, n_expected_votes (every assignment x question: the votes of a complete study), and
+    pairing (mode 'seed', 'prompt' or 'unpaired', see `k3eval.sbs.design.pairing_of`; None for studies made before
+    it)."""
     name = _study_name(study)
     url = normalize_url(db_url or getattr(study, "db_url", None))
     engine = get_engine(url)
@@ -116,6 +119,7 @@ def study_info(study, db_url: str | None = None) -> dict[str, Any]:
             "n_gold": int(kinds.get("gold", 0)), "n_repeats": int(kinds.get("repeat", 0)), "n_votes": int(n_votes),
             "n_expected_votes": int(n_assigned) * len(st.questions),
             "pairing": (st.info or {}).get("pairing"),
+            "closed": _utc(st.closed_at).isoformat() if st.closed_at is not None else None,
             "db_url": engine.url.render_as_string(hide_password=True),
         }
 
@@ -135,13 +139,21 @@ def export_votes(study, out: str | Path, db_url: str | None = None) -> Path:
     fmt = out.suffix.lower()
     if fmt not in (".parquet", ".csv"):
         raise UserError(f"--out: expected a .parquet or .csv file name, got {str(out)!r}")
+    if out.is_dir():
+        raise UserError(f"--out: {str(out)!r} is a folder; give a file name ending in {fmt}")
     df = votes_frame(study, db_url)
     buf = io.BytesIO()
     if fmt == ".parquet":
         df.to_parquet(buf, index=False)
     else:
         buf.write(df.to_csv(index=False).encode("utf-8"))
-    atomic_write_bytes(out, buf.getvalue())
+    made: list[Path] = []
+    try:
+        made = make_folders(out.parent)
+        atomic_write_bytes(out, buf.getvalue())
+    except OSError as e:
+        remove_folders(made)
+        raise UserError(f"--out: cannot write {str(out)!r}: {e.strerror or e}; choose a writable place") from None
     engine = get_engine(db_url or getattr(study, "db_url", None))
     with session(engine, write=True) as s:
         st = find_study(s, _study_name(study))
@@ -182,6 +194,7 @@ class AdminOverview:
     annotators: list[AnnotatorStats]
     logins: int
     exports: int
+    closed: str | None = None  # ISO time the study was closed (`k3eval sbs close`), None while open
 
     def frame(self):
         """One row per annotator (flags joined by ', '), for a table."""
@@ -217,6 +230,7 @@ def admin_overview(study, db_url: str | None = None) -> AdminOverview:
                                 .group_by(AuditLog.event)).all())
         questions = list(st.questions)
         overlap = st.overlap
+        closed = _utc(st.closed_at).isoformat() if st.closed_at is not None else None
     nq = len(questions)
     qc = quality_control(df).set_index("annotator") if len(df) else None
     stats = []
@@ -241,7 +255,7 @@ def admin_overview(study, db_url: str | None = None) -> AdminOverview:
             a.flags += r["flags"].split(", ")
         stats.append(a)
     return AdminOverview(name, questions, int(n_items), overlap, len(df), sum(assigned.values()) * nq, stats,
-                         int(events.get("login", 0)), int(events.get("export", 0)))
+                         int(events.get("login", 0)), int(events.get("export", 0)), closed)
 
 
 __all__ = ["AdminOverview", "AnnotatorStats", "EXTRA_COLUMNS", "VOTE_COLUMNS", "admin_overview", "export_votes",

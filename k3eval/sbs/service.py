@@ -8,8 +8,8 @@ Typical use by the app (one browser session):
     data = image_bytes(who, view.left, max_side=1024)
     record_vote(who, view.item_id, "alignment", "left", seconds=3.2)
 
-Errors are `k3eval.errors.UserError` subclasses from `k3eval.sbs.store` (AccessDenied, StudyNotFound, StudyExists,
-StoreUnavailable) whose message can be shown to a person as is.
+Errors are `k3eval.sbs.store.StoreError` subclasses (AccessDenied, StudyNotFound, StudyExists, StudyClosed,
+PairNotCurrent, StoreUnavailable): `str(err)` is for the organiser, `err.public` for an annotator's page.
 """
 
 from __future__ import annotations
@@ -42,8 +42,11 @@ from k3eval.sbs.store import (
     AuditLog,
     Image,
     Item,
+    PairNotCurrent,
     Run,
+    StoreError,
     Study,
+    StudyClosed,
     StudyExists,
     Vote,
     audit,
@@ -64,6 +67,11 @@ QUESTION_TEXT = {
 ANSWER_LABELS = {"left": "Left", "right": "Right", "equal": "Equal", "both_bad": "Both bad"}
 # Time to answer is stored as given but clipped to this range (s): a tab left open overnight is not a 10-hour vote.
 SECONDS_RANGE = (0.0, 3600.0)
+# What `record_vote(expect=...)` checks the pair against: the annotator's current pair (the first one not fully
+# answered), or an earlier, fully answered pair reopened to change an answer.
+EXPECT = ("current", "answered")
+# Refused sign-ins from one source are counted on one audit row while they keep coming less than this apart (s).
+REFUSALS_ROW_S = 3600.0
 
 
 # ---- what callers get -------------------------------------------------------------------------------------------
@@ -113,6 +121,7 @@ class ItemView:
     right: str
     questions: tuple[Question, ...]
     answers: dict[str, str] = field(default_factory=dict)
+    closed: bool = False  # the study is closed: nothing can be answered any more
 
     @property
     def complete(self) -> bool:
@@ -268,11 +277,13 @@ def _check_name(name: str) -> None:
 
 
 # ---- who is this ------------------------------------------------------------------------------------------------
-def authenticate(token: str, study: str, db_url: str | None = None, *, log: bool = True) -> Annotator | Admin:
+def authenticate(token: str, study: str, db_url: str | None = None, *, log: bool = True,
+                 source: str | None = None) -> Annotator | Admin:
     """The annotator or admin whose token this is, for `study`. Unknown, revoked and other studies' tokens raise
-    AccessDenied (the same message for all three, so a token's existence is not revealed). Each successful call
-    writes a 'login' entry to the audit log unless log=False: call it once per browser session and keep the
-    result."""
+    AccessDenied (the same message for all three, so a token's existence is not revealed). Unless log=False, a
+    successful call writes a 'login' entry to the audit log (call it once per browser session and keep the result)
+    and a refusal is counted on the study's 'login_refused' row for `source` (e.g. the client's address): one row
+    per source while its refusals keep coming less than an hour apart, with counts per reason, not one row each."""
     url = normalize_url(db_url)
     engine = get_engine(url)
     token = (token or "").strip()
@@ -281,10 +292,11 @@ def authenticate(token: str, study: str, db_url: str | None = None, *, log: bool
         st = find_study(s, study)
         row = s.scalars(select(AnnotatorRow).where(AnnotatorRow.token_hash == h)).first() if h else None
         ok = row is not None and row.study_id == st.id and row.revoked_at is None
-        if log:
-            audit(s, "login" if ok else "login_refused", st.id, row.id if ok else None,
-                  reason=None if ok else ("unknown" if row is None else
-                                          "revoked" if row.study_id == st.id else "other_study"))
+        if log and ok:
+            audit(s, "login", st.id, row.id, reason=None)
+        elif log:
+            _count_refusal(s, st.id, "unknown" if row is None else "revoked" if row.study_id == st.id
+                           else "other_study", str(source)[:200] if source else "unknown")
         if not ok:
             refused = True
         else:
@@ -297,6 +309,49 @@ def authenticate(token: str, study: str, db_url: str | None = None, *, log: bool
         raise AccessDenied(f"this link or token is not valid for study {study!r} (unknown, revoked, or for another "
                            "study); ask the study's organiser for your personal link")
     return who
+
+
+def _count_refusal(s, study_id: int, reason: str, source: str) -> None:
+    """Add one refused sign-in to the study's latest 'login_refused' row of this source when its last refusal is
+    recent, else start a new row. The study's row is locked first (FOR UPDATE; SQLite has one writer anyway), so
+    that concurrent refusals never lose a count nor start two rows."""
+    now = utcnow()
+    s.execute(select(Study.id).where(Study.id == study_id).with_for_update())
+    last = s.scalars(select(AuditLog).where(AuditLog.study_id == study_id, AuditLog.event == "login_refused",
+                                            AuditLog.detail["source"].as_string() == source)
+                     .order_by(AuditLog.id.desc()).limit(1)).first()
+    d = dict(last.detail or {}) if last is not None else {}
+    recent = "last" in d and (now - _parse_utc(d["last"])).total_seconds() < REFUSALS_ROW_S
+    if last is None or not recent:
+        audit(s, "login_refused", study_id, None, source=source, count=1, reasons={reason: 1},
+              first=now.isoformat(), last=now.isoformat())
+        return
+    reasons = dict(d.get("reasons") or {})
+    reasons[reason] = int(reasons.get(reason, 0)) + 1
+    last.detail = {**d, "count": int(d.get("count", 1)) + 1, "reasons": reasons, "last": now.isoformat()}
+
+
+def _parse_utc(text: str):
+    from datetime import datetime, timezone
+
+    t = datetime.fromisoformat(text)
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def set_closed(study: str, closed: bool, db_url: str | None = None) -> dict:
+    """Close a study (no vote is stored or changed from the moment this returns, also by a browser that is already
+    voting) or reopen it; written to the audit log. Returns {'study', 'closed' (ISO time or None), 'changed'}."""
+    engine = get_engine(db_url)
+    with session(engine, write=True) as s:
+        st = s.scalars(select(Study).where(Study.name == study).with_for_update()).first()
+        if st is None:
+            find_study(s, study)  # raises StudyNotFound, naming the studies there are
+        changed = (st.closed_at is None) == closed
+        if changed:
+            st.closed_at = utcnow() if closed else None
+            audit(s, "close" if closed else "reopen", st.id)
+        when = st.closed_at.isoformat() if st.closed_at is not None else None
+    return {"study": study, "closed": when, "changed": changed}
 
 
 def revoke(study: str, annotator: str, db_url: str | None = None) -> None:
@@ -352,11 +407,15 @@ _P, _S, _IMG = AnnotatorRow.__table__, Study.__table__, Image.__table__
 _AUDIT = AuditLog.__table__
 _pid, _sid, _iid, _q = bindparam("pid"), bindparam("sid"), bindparam("iid"), bindparam("q")
 
-_LIVE = (select(_P.c.revoked_at, _S.c.questions).join(_S, _S.c.id == _P.c.study_id)
+_LIVE = (select(_P.c.revoked_at, _S.c.questions, _S.c.closed_at).join(_S, _S.c.id == _P.c.study_id)
          .where(_P.c.id == _pid, _P.c.study_id == _sid))
-_SHOWN = (select(_A.c.left_is_a, _I.c.model_a, _I.c.model_b, _P.c.revoked_at, _S.c.questions)
+# FOR SHARE OF studies (PostgreSQL; SQLite's single writer needs nothing): a vote holds the study row while it is
+# written, so `set_closed` waits for votes in flight and every vote after it sees the study closed.
+_SHOWN = (select(_A.c.left_is_a, _A.c.position, _I.c.model_a, _I.c.model_b, _P.c.revoked_at, _S.c.questions,
+                 _S.c.closed_at)
           .join(_I, _I.c.id == _A.c.item_id).join(_P, _P.c.id == _A.c.annotator_id).join(_S, _S.c.id == _P.c.study_id)
-          .where(_A.c.annotator_id == _pid, _A.c.item_id == _iid, _P.c.study_id == _sid))
+          .where(_A.c.annotator_id == _pid, _A.c.item_id == _iid, _P.c.study_id == _sid)
+          .with_for_update(read=True, of=_S))
 _ASSIGNED = select(func.count()).select_from(_A).where(_A.c.annotator_id == _pid).scalar_subquery()
 _DONE = select(func.count()).select_from(
     select(_V.c.item_id).where(_V.c.annotator_id == _pid).group_by(_V.c.item_id)
@@ -428,12 +487,18 @@ def _not_yours(who, item_id) -> AccessDenied:
     return AccessDenied(f"item {item_id!r} is not in your queue for study {who.study!r}")
 
 
-def _live(c, who: Annotator | Admin) -> tuple[str, ...]:
-    """Check that the annotator/admin still exists in its study and is not revoked; returns the study's questions."""
+def _live_row(c, who: Annotator | Admin):
+    """Check that the annotator/admin still exists in its study and is not revoked; returns (revoked_at, questions,
+    closed_at)."""
     row = c.execute(_LIVE, {"pid": who.id, "sid": who.study_id}).first()
     if row is None or row.revoked_at is not None:
         raise _revoked(who)
-    return tuple(row.questions)
+    return row
+
+
+def _live(c, who: Annotator | Admin) -> tuple[str, ...]:
+    """`_live_row`, returning the study's questions."""
+    return tuple(_live_row(c, who).questions)
 
 
 def _live_annotator(s, who: Annotator | Admin) -> AnnotatorRow:
@@ -486,9 +551,9 @@ def next_item(annotator: Annotator) -> ItemView | None:
     _need_annotator(annotator)
     engine = get_engine(annotator.db_url)
     with connection(engine) as c:
-        qs = _live(c, annotator)
-        item_id = c.execute(_FIRST_OPEN_ITEM, {"pid": annotator.id, "nq": len(qs)}).scalar()
-        return None if item_id is None else _view(c, annotator, item_id, qs)
+        live = _live_row(c, annotator)
+        item_id = c.execute(_FIRST_OPEN_ITEM, {"pid": annotator.id, "nq": len(live.questions)}).scalar()
+        return None if item_id is None else _view(c, annotator, item_id, live)
 
 
 def previous_item(annotator: Annotator, before: int | None = None) -> ItemView | None:
@@ -497,8 +562,8 @@ def previous_item(annotator: Annotator, before: int | None = None) -> ItemView |
     _need_annotator(annotator)
     engine = get_engine(annotator.db_url)
     with connection(engine) as c:
-        qs = _live(c, annotator)
-        params = {"pid": annotator.id, "nq": len(qs)}
+        live = _live_row(c, annotator)
+        params = {"pid": annotator.id, "nq": len(live.questions)}
         if before is None:
             pos = c.execute(_FIRST_OPEN_POS, params).scalar()
         else:
@@ -507,7 +572,7 @@ def previous_item(annotator: Annotator, before: int | None = None) -> ItemView |
                 raise _not_yours(annotator, before)
         stmt = _LAST_DONE if pos is None else _DONE_BEFORE
         item_id = c.execute(stmt, {**params, "pos": pos}).scalar()
-        return None if item_id is None else _view(c, annotator, item_id, qs)
+        return None if item_id is None else _view(c, annotator, item_id, live)
 
 
 def item_view(annotator: Annotator, item_id: int) -> ItemView:
@@ -515,10 +580,10 @@ def item_view(annotator: Annotator, item_id: int) -> ItemView:
     _need_annotator(annotator)
     engine = get_engine(annotator.db_url)
     with connection(engine) as c:
-        return _view(c, annotator, item_id, _live(c, annotator))
+        return _view(c, annotator, item_id, _live_row(c, annotator))
 
 
-def _view(c, annotator: Annotator, item_id, qs: tuple[str, ...]) -> ItemView:
+def _view(c, annotator: Annotator, item_id, live) -> ItemView:
     iid = _item_id(item_id)
     row = None if iid is None else c.execute(_VIEW, {"pid": annotator.id, "iid": iid}).first()
     if row is None:
@@ -526,7 +591,7 @@ def _view(c, annotator: Annotator, item_id, qs: tuple[str, ...]) -> ItemView:
     answers = {q: a for q, a in c.execute(_ANSWERS, {"pid": annotator.id, "iid": row.id})}
     left, right = (row.image_a, row.image_b) if row.left_is_a else (row.image_b, row.image_a)
     return ItemView(row.id, row.position + 1, int(row.total), row.prompt, left, right,
-                    tuple(Question(q, QUESTION_TEXT[q]) for q in qs), answers)
+                    tuple(Question(q, QUESTION_TEXT[q]) for q in live.questions), answers, live.closed_at is not None)
 
 
 # ---- images -----------------------------------------------------------------------------------------------------
@@ -571,10 +636,11 @@ def image_bytes(who: Annotator | Admin, content_id: str, max_side: int | None = 
 def _read_image_file(path: str | None) -> bytes:
     try:
         return Path(str(path)).read_bytes()
-    except OSError:
-        # The path names the run folder (and so the model): keep it out of a message the page may show.
-        raise UserError("an image of this study can no longer be read on the server (run folder moved or deleted); "
-                        "tell the study's organiser") from None
+    except OSError as e:
+        # The path names the run folder (and so the model): only the organiser's text has it.
+        raise StoreError(f"image file {path} of this study cannot be read ({e.strerror or e}); restore the run folder",
+                         "An image of this study can no longer be read on the server (run folder moved or deleted); "
+                         "tell the study's organiser.") from None
 
 
 def _reencode(data: bytes, max_side: int | None) -> bytes:
@@ -590,12 +656,20 @@ def _reencode(data: bytes, max_side: int | None) -> bytes:
 
 # ---- votes ------------------------------------------------------------------------------------------------------
 def record_vote(annotator: Annotator, item_id: int, question: str, answer: str, seconds: float | None,
-                simulated: bool = False) -> VoteResult:
+                simulated: bool = False, *, expect: str | None = None) -> VoteResult:
     """Record one answer, durably, before returning. Idempotent: the same (annotator, item, question) holds at most
     one vote; the same answer again is a no-op ('unchanged'); a different answer replaces it ('changed', counted in
     `votes.changes` and written to the audit log). Items not in the annotator's queue raise AccessDenied, whatever id
-    is sent; so does a revoked token. seconds: time to answer, clipped to [0, 3600]."""
+    is sent; so does a revoked token; a closed study raises StudyClosed. seconds: time to answer, clipped to
+    [0, 3600].
+
+    expect: what the item must be when the answer is written (checked in the same transaction), for a page that
+    answers the pair it shows: 'current' (the annotator's current pair, the first not fully answered) or 'answered'
+    (an earlier, fully answered pair, reopened to change an answer); anything else raises PairNotCurrent. None (the
+    default, for `sbs simulate` and scripts) checks nothing."""
     _need_annotator(annotator)
+    if expect is not None and expect not in EXPECT:
+        raise UserError(f"expect: expected one of {', '.join(EXPECT)} or None, got {expect!r}")
     if question not in QUESTIONS:
         raise UserError(f"question: expected one of {', '.join(QUESTIONS)}, got {question!r}")
     if answer not in ANSWERS:
@@ -610,7 +684,7 @@ def record_vote(annotator: Annotator, item_id: int, question: str, answer: str, 
         raise _not_yours(annotator, item_id)
     for attempt in range(3):
         try:
-            return _write_vote(engine, annotator, iid, item_id, question, answer, seconds, simulated)
+            return _write_vote(engine, annotator, iid, item_id, question, answer, seconds, simulated, expect)
         except IntegrityError:
             # Only on databases without ON CONFLICT support: a concurrent identical vote won; the retry finds it.
             if attempt == 2:
@@ -618,7 +692,7 @@ def record_vote(annotator: Annotator, item_id: int, question: str, answer: str, 
     raise AssertionError("unreachable")
 
 
-def _write_vote(engine, annotator, iid, item_id, question, answer, seconds, simulated) -> VoteResult:
+def _write_vote(engine, annotator, iid, item_id, question, answer, seconds, simulated, expect) -> VoteResult:
     # One short write transaction does it all: under load, each extra transaction costs more (pool, BEGIN, COMMIT)
     # than the two indexed lookups it would keep out of the write lock.
     now = utcnow()
@@ -629,9 +703,13 @@ def _write_vote(engine, annotator, iid, item_id, question, answer, seconds, simu
             raise _not_yours(annotator, item_id)
         if shown.revoked_at is not None:
             raise _revoked(annotator)
+        if shown.closed_at is not None:
+            raise StudyClosed(f"study {annotator.study!r} is closed (k3eval sbs close); no vote is stored or changed")
         qs = tuple(shown.questions)
         if question not in qs:
             raise UserError(f"question: study {annotator.study!r} asks {', '.join(qs)}, not {question!r}")
+        if expect is not None:
+            _check_expected(c, annotator, iid, shown.position + 1, len(qs), expect)
         left, right = (shown.model_a, shown.model_b) if shown.left_is_a else (shown.model_b, shown.model_a)
         new_id = c.execute(_insert_vote(engine.dialect.name), {
             "study_id": annotator.study_id, "annotator_id": annotator.id, "item_id": iid, "question": question,
@@ -655,6 +733,18 @@ def _write_vote(engine, annotator, iid, item_id, question, answer, seconds, simu
     return VoteResult(status, int(row.answered) >= len(qs), int(row.done), int(row.assigned))
 
 
-__all__ = ["Admin", "Annotator", "DEFAULT_BASE_URL", "ItemView", "Question", "QueueEntry", "StudyCreated",
+def _check_expected(c, annotator: Annotator, iid: int, position: int, n_questions: int, expect: str) -> None:
+    params = {"pid": annotator.id, "iid": iid, "nq": n_questions}
+    if expect == "current":
+        current = c.execute(_FIRST_OPEN_ITEM, params).scalar()
+        if current != iid:
+            answered = c.execute(select(_ANSWERED), params).scalar()
+            raise PairNotCurrent(position, "finished" if answered >= n_questions else "not_shown")
+    elif c.execute(select(_ANSWERED), params).scalar() < n_questions:
+        raise PairNotCurrent(position, "not_finished")
+
+
+__all__ = ["Admin", "Annotator", "DEFAULT_BASE_URL", "EXPECT", "ItemView", "Question", "QueueEntry", "StudyCreated",
            "VoteResult", "authenticate", "create_study", "delete_study", "image_bytes", "item_view",
-           "mark_guideline_seen", "next_item", "previous_item", "progress", "queue", "record_vote", "revoke"]
+           "mark_guideline_seen", "next_item", "previous_item", "progress", "queue", "record_vote", "revoke",
+           "set_closed"]

@@ -5,9 +5,12 @@ kill -9 of any process; `K3EVAL_SQLITE_SYNC=FULL` adds an fsync per commit so it
 busy timeout, and `BEGIN IMMEDIATE` for write transactions so
 two writers never deadlock upgrading a read lock. PostgreSQL: `postgresql://...` URLs use psycopg 3.
 
-The database holds a schema version (table `k3eval_meta`); opening a database of another version is refused with a
-clear message. Tokens are stored only as sha256 hashes: a token is 32 random bytes, so a plain hash cannot be
-reversed by guessing.
+The database holds a schema version (table `k3eval_meta`): a version-1 database (before studies could be closed) is
+upgraded in place when opened, any other version is refused with a clear message. Tokens are stored only as sha256
+hashes: a token is 32 random bytes, so a plain hash cannot be reversed by guessing.
+
+Every error is a `StoreError` with two texts: `str(err)` for the organiser (it may name the study, a path or the
+database URL) and `err.public` for an annotator's page (never a path, a URL or the study's name).
 """
 
 from __future__ import annotations
@@ -44,21 +47,32 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from k3eval.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: studies.closed_at (a closed study takes no more votes)
 DEFAULT_DB = "sqlite:///k3eval.db"
 BUSY_TIMEOUT_S = 5.0
 
 
 class StoreError(UserError):
-    """Base of the vote store's errors; the message is meant to be shown to a person as is."""
+    """Base of the vote store's errors. `str(err)` is for the organiser (CLI, admin page, server log) and may name the
+    study, a path or the database URL; `err.public` is what an annotator's page shows: it names none of them."""
+
+    public_text = "The study's server could not do that right now. The study's organiser can see why in the server log."
+
+    def __init__(self, message: str, public: str | None = None):
+        super().__init__(message)
+        self.public = public or self.public_text
 
 
 class StoreUnavailable(StoreError):
     """The database cannot be used right now: locked for too long, missing, unreachable, or of another schema."""
 
+    public_text = "The study's database cannot be used right now."
+
 
 class StudyNotFound(StoreError):
     """No study of that name in the database."""
+
+    public_text = "This study is not available on this server. Ask the study's organiser for the right link."
 
 
 class StudyExists(StoreError):
@@ -67,6 +81,32 @@ class StudyExists(StoreError):
 
 class AccessDenied(StoreError):
     """A token that is unknown, revoked or for another study, or an item not assigned to this annotator."""
+
+    # The same text for every case, so that a page never tells whether a token exists, nor the study's name (which
+    # organisers may have chosen after the models, e.g. "k3-vs-sdxl").
+    public_text = ("This link or token is not valid (unknown, revoked, or for another study). Ask the study's "
+                   "organiser for your personal link.")
+
+
+class StudyClosed(StoreError):
+    """The study was closed (`k3eval sbs close`): no vote is stored or changed any more."""
+
+    public_text = "This study is closed: no more answers are accepted. The answers you gave are saved. Thank you!"
+
+
+class PairNotCurrent(StoreError):
+    """An answer for a pair that is no longer (or not yet) the one the annotator is asked about: `record_vote` with
+    `expect=` refuses it. `position` is the pair's 1-based place in the queue; `reason` is 'finished' (the pair was
+    already fully answered), 'not_shown' (a later pair than the current one) or 'not_finished' (a change to a pair
+    that is not fully answered)."""
+
+    def __init__(self, position: int, reason: str):
+        text = {"finished": f"pair {position} was already finished when this answer arrived",
+                "not_shown": f"pair {position} is not the current pair yet",
+                "not_finished": f"pair {position} is not finished, so there is no earlier answer to change"}[reason]
+        super().__init__(f"answer not counted: {text}", f"That answer was not counted: {text}.")
+        self.position = position
+        self.reason = reason
 
 
 def utcnow() -> datetime:
@@ -108,6 +148,7 @@ class Study(Base):
     prompt_set_hash: Mapped[str] = mapped_column(String(64))
     simulated: Mapped[bool] = mapped_column(Boolean, default=False)
     info: Mapped[dict] = mapped_column(JSON)  # protocol facts: k3eval version, package versions, design counts
+    closed_at: Mapped[datetime | None]  # set by `k3eval sbs close`: from then on no vote is stored or changed
 
 
 class Run(Base):
@@ -204,7 +245,9 @@ class AuditLog(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
     annotator_id: Mapped[int | None] = mapped_column(ForeignKey("annotators.id", ondelete="SET NULL"))
-    event: Mapped[str] = mapped_column(String(32))  # create | login | login_refused | vote_changed | export | revoke
+    # create | login | login_refused (one row per source and hour, with a count) | vote_changed | export | revoke |
+    # close | reopen | delete
+    event: Mapped[str] = mapped_column(String(32))
     detail: Mapped[dict] = mapped_column(JSON)
     created_at: Mapped[datetime]
 
@@ -268,21 +311,75 @@ def _sqlite_path(url: str) -> Path | None:
 
 def get_engine(db_url: str | None = None, *, create: bool = False) -> Engine:
     """The (cached, thread-safe) engine for `db_url`. Without `create`, a SQLite file that does not exist is refused
-    instead of being created empty; with it, the tables are created. The schema version is checked once."""
+    instead of being created empty; with it, the file (and its folder) and the tables are created, and removed again
+    if that fails half-way. The schema version is checked once (a version-1 database is upgraded)."""
     url = normalize_url(db_url)
     path = _sqlite_path(url)
     if path is not None and not create and not path.exists():
         raise StoreUnavailable(f"vote database {path} not found; create a study first (k3eval sbs create) or point "
-                               "--db / K3EVAL_DB at the right database")
+                               "--db / K3EVAL_DB at the right database",
+                               "The study's database was not found on the server.")
     with _ENGINES_LOCK:
-        engine = _ENGINES.get(url)
-        if engine is None:
-            engine = _make_engine(url)
-            _ENGINES[url] = engine
-        if url not in _CHECKED or create:
-            _check_schema(engine, url, create)
-            _CHECKED.add(url)
+        made = _new_sqlite_file(path) if path is not None and create and not path.exists() else None
+        try:
+            engine = _ENGINES.get(url)
+            if engine is None:
+                engine = _make_engine(url)
+                _ENGINES[url] = engine
+            if url not in _CHECKED or create:
+                _check_schema(engine, url, create)
+                _CHECKED.add(url)
+        except BaseException:
+            if made is not None:
+                _remove_new_sqlite_file(url, made)
+            raise
     return engine
+
+
+def make_folders(folder: Path) -> list[Path]:
+    """Create `folder` and its missing parents; returns the folders created, outermost first, so that a caller that
+    fails afterwards can remove exactly those (`remove_folders`) and leave the file system as it was."""
+    made: list[Path] = []
+    try:
+        for d in reversed([d for d in [folder, *folder.parents] if not d.exists()]):
+            d.mkdir()
+            made.append(d)
+    except OSError:
+        remove_folders(made)
+        raise
+    return made
+
+
+def remove_folders(made: list[Path]) -> None:
+    for d in reversed(made):
+        d.rmdir()
+
+
+def _new_sqlite_file(path: Path) -> list[Path]:
+    """Create an empty SQLite file (and the folders it needs); returns what was created, file last. A place that
+    cannot be written is a one-line UserError, and nothing is left behind."""
+    import sqlite3
+
+    made: list[Path] = []
+    try:
+        made = make_folders(path.parent)
+        sqlite3.connect(path).close()
+    except (OSError, sqlite3.Error) as e:
+        remove_folders(made)
+        why = getattr(e, "strerror", None) or str(e)
+        raise UserError(f"--db: cannot create the vote database {path}: {why}; choose a writable place") from None
+    return [*made, path]
+
+
+def _remove_new_sqlite_file(url: str, made: list[Path]) -> None:
+    engine = _ENGINES.pop(url, None)
+    if engine is not None:
+        engine.dispose()
+    _CHECKED.discard(url)
+    *folders, path = made
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+    remove_folders(folders)
 
 
 def dispose_engines() -> None:
@@ -304,18 +401,37 @@ def sqlite_synchronous() -> str:
     return value
 
 
+# Python packages of the SQLAlchemy drivers a URL may name (`--db mysql://...` without its driver installed).
+DRIVER_PACKAGES = {"MySQLdb": "mysqlclient", "pymysql": "PyMySQL", "mysql": "mysql-connector-python",
+                   "psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "asyncpg": "asyncpg",
+                   "pg8000": "pg8000", "oracledb": "oracledb", "cx_Oracle": "cx_Oracle", "pyodbc": "pyodbc",
+                   "pymssql": "pymssql", "mariadb": "mariadb"}
+
+
 def _make_engine(url: str) -> Engine:
+    from sqlalchemy.exc import NoSuchModuleError
+
+    from k3eval.errors import MissingDependencyError
+
+    try:
+        return _create_engine(url)
+    except NoSuchModuleError:
+        raise UserError(f"--db {_shown(url)}: unknown kind of database {make_url(url).get_backend_name()!r}; expected "
+                        "sqlite:///FILE or postgresql://USER@HOST/DB") from None
+    except ImportError as e:
+        module = (e.name or "").split(".")[0]
+        raise MissingDependencyError(DRIVER_PACKAGES.get(module, module or "its database driver"),
+                                     f"--db {_shown(url)}") from None
+
+
+def _create_engine(url: str) -> Engine:
     if make_url(url).get_backend_name() == "sqlite":
         path = _sqlite_path(url)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
         sync = sqlite_synchronous()
         kwargs = {}
         if path is not None:
             import sqlite3
 
-            if not path.exists():
-                sqlite3.connect(path).close()  # only `create` gets here: get_engine refuses a missing file otherwise
             uri = f"file:{path.resolve()}?mode=rw"
 
             def creator():
@@ -353,7 +469,8 @@ def _check_schema(engine: Engine, url: str, create: bool) -> None:
         if "k3eval_meta" not in names:
             if not create:
                 raise StoreUnavailable(f"{_shown(url)} holds no k3eval studies (no k3eval_meta table); create a "
-                                       "study first (k3eval sbs create)")
+                                       "study first (k3eval sbs create)",
+                                       "The study's database on the server holds no studies.")
             Base.metadata.create_all(engine)
             with session(engine, write=True) as s:
                 if s.get(Meta, "schema_version") is None:
@@ -362,11 +479,27 @@ def _check_schema(engine: Engine, url: str, create: bool) -> None:
         with session(engine) as s:
             row = s.get(Meta, "schema_version")
         found = row.value if row else "none"
-        if found != str(SCHEMA_VERSION):
+        if found == "1":
+            _upgrade_from_1(engine)
+        elif found != str(SCHEMA_VERSION):
             raise StoreUnavailable(f"{_shown(url)} has vote-store schema version {found}, this k3eval uses "
-                                   f"{SCHEMA_VERSION}; use a matching k3eval version or a new database")
+                                   f"{SCHEMA_VERSION}; use a matching k3eval version or a new database",
+                                   "The study's database was made by another version of k3eval.")
     except DBAPIError as e:
         raise unavailable(e, url) from None
+
+
+def _upgrade_from_1(engine: Engine) -> None:
+    """Version 1 -> 2: add studies.closed_at (NULL: every existing study stays open). Idempotent and safe when several
+    processes open the same old database at once: the version is read again under the write lock."""
+    meta = Meta.__table__
+    with connection(engine, write=True) as c:
+        version = c.execute(select(meta.c.value).where(meta.c.key == "schema_version").with_for_update()).scalar()
+        if version != "1":
+            return
+        column_type = Study.__table__.c.closed_at.type.compile(dialect=engine.dialect)
+        c.exec_driver_sql(f"ALTER TABLE studies ADD COLUMN closed_at {column_type}")
+        c.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
 
 
 def _shown(url: str) -> str:
@@ -374,15 +507,22 @@ def _shown(url: str) -> str:
 
 
 def unavailable(err: Exception, url: str | None = None) -> StoreUnavailable:
-    """Turn a driver error into a message a person can act on."""
+    """Turn a driver error into a message a person can act on: the detail (with the database's URL) for the
+    organiser, and a text without any path or URL for an annotator's page (`.public`)."""
     text = str(getattr(err, "orig", err)).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     where = _shown(url) if url else "the vote database"
     if "unable to open database file" in text:
         return StoreUnavailable(f"{where} is gone or cannot be opened (file deleted, moved or unreadable); restore it "
-                                "or point --db / K3EVAL_DB at the right database")
+                                "or point --db / K3EVAL_DB at the right database",
+                                "The study's database cannot be opened on the server right now.")
     if "locked" in text or "busy" in text:
         return StoreUnavailable(f"{where} is busy (locked by another writer for more than {BUSY_TIMEOUT_S:.0f} s); "
-                                "try again in a moment")
+                                "try again in a moment",
+                                f"The study's database is busy (another write held it for more than "
+                                f"{BUSY_TIMEOUT_S:.0f} s); try again in a moment.")
+    if "readonly" in text or "read-only" in text:
+        return StoreUnavailable(f"{where} is read-only ({text}); make it writable for the server",
+                                "The study's database is read-only on the server, so answers cannot be saved.")
     return StoreUnavailable(f"{where} cannot be used: {text}")
 
 
@@ -443,6 +583,7 @@ def audit(s: Session, event_name: str, study_id: int | None, annotator_id: int |
 
 
 __all__ = ["AccessDenied", "AnnotatorRow", "Assignment", "AuditLog", "Base", "Image", "Item", "Meta", "Run",
-           "SCHEMA_VERSION", "StoreError", "StoreUnavailable", "Study", "StudyExists", "StudyNotFound", "Vote",
+           "PairNotCurrent", "SCHEMA_VERSION", "StoreError", "StoreUnavailable", "Study", "StudyClosed", "StudyExists",
+           "StudyNotFound", "Vote",
            "audit", "connection", "default_db_url", "dispose_engines", "find_study", "get_engine", "hash_token",
            "normalize_url", "session", "utcnow"]

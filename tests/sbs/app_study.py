@@ -143,19 +143,36 @@ def wait_app(page, timeout_ms: int = 60_000) -> None:
     page.wait_for_selector("[data-testid='stAppViewContainer']", timeout=timeout_ms)
 
 
+# What a person sees (for the tests, independent of the app's own bookkeeping): the one pair container
+# (.st-key-pair_N) that is not fully transparent, with its prompt, the position its "Pair k of N" line shows (null
+# while that line is not drawn yet), and whether both of its images are decoded.
+DISPLAYED_JS = """() => {
+    const opacity = (el) => { let o = 1; for (let e = el; e && e.nodeType === 1; e = e.parentElement) {
+        o *= parseFloat(getComputedStyle(e).opacity); } return o; };
+    const boxes = [...document.querySelectorAll("[class*='st-key-pair_']")]
+        .filter((b) => /(^|\\s)st-key-pair_\\d+(\\s|$)/.test(b.className) && opacity(b) > 0);
+    if (boxes.length !== 1) return {n: boxes.length, marker: null, prompt: null, images: false};
+    const b = boxes[0];
+    const m = /Pair (\\d+) of/.exec((b.querySelector(".st-key-item_marker") || {}).textContent || "");
+    const prompt = b.querySelector(".st-key-prompt [data-testid='stText']");
+    const imgs = [...b.querySelectorAll(".st-key-left_image img, .st-key-right_image img")];
+    return {n: 1, marker: m ? Number(m[1]) : null, prompt: prompt ? prompt.textContent : null,
+            images: imgs.length === 2 && imgs.every((i) => i.complete && i.naturalWidth > 0)};
+}"""
+
+
 def wait_pair(page, position: int, total: int, timeout_ms: int = 45_000) -> None:
-    """Wait until pair `position` is on the page with both images decoded. On a timeout, the page is saved to
-    tests/artifacts/sbs_wait_failure.png and its text is put into the error."""
+    """Wait until pair `position` is what a person sees (DISPLAYED_JS): opaque, both images decoded. On a timeout,
+    the page is saved to tests/artifacts/sbs_wait_failure.png and its text is put into the error."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     try:
         page.wait_for_function(
-            """([want]) => {
+            f"""([want, total]) => {{
+                const d = ({DISPLAYED_JS})();
                 const m = document.querySelector('.st-key-item_marker');
-                if (!m || !m.innerText.includes(want)) return false;
-                const imgs = document.querySelectorAll('.st-key-left_image img, .st-key-right_image img');
-                return imgs.length === 2 && [...imgs].every(i => i.complete && i.naturalWidth > 0);
-            }""", arg=[f"Pair {position} of {total}"], timeout=timeout_ms)
+                return d.marker === want && d.images && m.textContent.includes(`of ${{total}}`);
+            }}""", arg=[position, total], timeout=timeout_ms)
     except PlaywrightTimeout:
         shot = REPO / "tests" / "artifacts" / "sbs_wait_failure.png"
         shot.parent.mkdir(parents=True, exist_ok=True)
@@ -163,6 +180,19 @@ def wait_pair(page, position: int, total: int, timeout_ms: int = 45_000) -> None
         text = page.inner_text("body")[:1500]
         raise AssertionError(f"pair {position} of {total} not shown within {timeout_ms} ms; page ({shot}):\n{text}") \
             from None
+
+
+def wait_shown(page, selector: str, timeout_ms: int = 45_000) -> None:
+    """Wait until the element is in the page and opaque: the app shows its buttons with a key (Start, Continue,
+    Previous, Guideline) only once its key handling runs, so a key pressed before that has nothing to act on."""
+    page.wait_for_function("""(sel) => { const e = document.querySelector(sel);
+        return !!e && getComputedStyle(e).opacity === "1"; }""", arg=selector, timeout=timeout_ms, polling="raf")
+
+
+def start_voting(page) -> None:
+    """On the guideline page: Enter, once Start is shown."""
+    wait_shown(page, ".st-key-start")
+    page.keyboard.press("Enter")
 
 
 def current_images(page) -> tuple[str, str]:

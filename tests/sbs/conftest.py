@@ -1,4 +1,4 @@
-"""Fixtures for the study tests: run folders, and a vote database on SQLite and on a real PostgreSQL server.
+"""Fixtures for the study tests: run folders, a vote database on SQLite and on a real PostgreSQL server, Chromium.
 
 The PostgreSQL server is started once per test session with Debian's initdb/pg_ctl in a temporary folder, on a
 free localhost port (TCP only), as the `postgres` user when the tests run as root (the server refuses root). Each
@@ -17,6 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from app_study import chromium_available, launch  # noqa: E402
 from helpers import PostgresServer, make_run  # noqa: E402
 
 from k3eval.sbs import dispose_engines  # noqa: E402
@@ -24,6 +25,22 @@ from k3eval.sbs import dispose_engines  # noqa: E402
 
 def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture
+def browser():
+    """Debian's Chromium driven by Playwright (skipped with the reason when missing; with CI=true a failure)."""
+    why = chromium_available()
+    if why:
+        if _in_ci():
+            pytest.fail(f"browser test cannot run: {why}")
+        pytest.skip(why)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = launch(pw)
+        yield b
+        b.close()
 
 
 @pytest.fixture(scope="session")

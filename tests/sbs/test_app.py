@@ -9,12 +9,23 @@ import time
 from pathlib import Path
 
 import pytest
+import streamlit as st
+from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
 from k3eval.sbs import authenticate, create_study, dispose_engines, queue, votes_frame
 
 APP = Path(__file__).resolve().parents[2] / "human_eval" / "app.py"
 STUDY = "alpha-vs-beta"
+
+
+@pytest.fixture(autouse=True)
+def fresh_server_state():
+    """The app's shared resources (display cache, sign-in throttle) live for a server process; AppTest runs every
+    test in this one, so each test starts from fresh ones."""
+    st.cache_resource.clear()
+    yield
+    st.cache_resource.clear()
 
 
 @pytest.fixture
@@ -41,6 +52,8 @@ def study_any_db(db_url, two_runs, monkeypatch):
 
 def app(token: str | None = None) -> AppTest:
     at = AppTest.from_file(str(APP), default_timeout=60)
+    # What pair_input.js says as it starts in a browser (AppTest runs no JavaScript); tested in the browser tests.
+    at.session_state["input_ready"] = True
     if token is not None:
         at.query_params["token"] = token
     return at.run()
@@ -65,6 +78,13 @@ def pair_label(at: AppTest) -> str:
     return next(c.value for c in at.caption if c.value.startswith("Pair "))
 
 
+def ans(at: AppTest, question: str, answer: str):
+    """The answer button of the pair on the page (its key names the pair: ans_<position>_<question>_<answer>)."""
+    found = [b for b in at.button if re.fullmatch(rf"ans_\d+_{question}_{answer}", b.key or "")]
+    assert len(found) == 1, [b.key for b in at.button]
+    return found[0]
+
+
 def start_voting(token: str) -> AppTest:
     at = app(token)
     assert at.title[0].value == "Guideline"
@@ -73,8 +93,8 @@ def start_voting(token: str) -> AppTest:
 
 
 def answer(at: AppTest, alignment: str, quality: str) -> AppTest:
-    at.button(key=f"ans_alignment_{alignment}").click().run()
-    return at.button(key=f"ans_quality_{quality}").click().run()
+    ans(at, "alignment", alignment).click().run()
+    return ans(at, "quality", quality).click().run()
 
 
 def my_votes(study, name: str):
@@ -95,6 +115,15 @@ def test_token_from_link_shows_guideline_then_first_pair(study):
     assert pair_label(at) == f"Pair 1 of {n}"
     assert len(at.image) == 2
     assert authenticate(study.tokens["ann-a"], STUDY, study.db_url, log=False).guideline_seen
+
+
+def test_nothing_takes_a_key_before_the_browser_handles_keys(study):
+    at = AppTest.from_file(str(APP), default_timeout=60)  # no input_ready: pair_input.js has not said it runs
+    at.query_params["token"] = study.tokens["ann-a"]
+    at.run()
+    assert not at.exception
+    assert at.title[0].value == "Image comparison" and any("Loading" in c.value for c in at.caption)
+    assert not at.image and not at.button  # no pair, no Start, no button with a key
 
 
 def test_typed_token_signs_in_and_keeps_it_in_the_address(study):
@@ -132,7 +161,7 @@ def test_revoked_while_voting_signs_out_without_naming_the_study(study):
 
     at = start_voting(study.tokens["ann-a"])
     revoke(STUDY, "ann-a", study.db_url)
-    at.button(key="ans_alignment_left").click().run()
+    ans(at, "alignment", "left").click().run()
     assert not at.exception
     assert any("not valid" in e.value for e in at.error)
     assert not at.image and len(my_votes(study, "ann-a")) == 0
@@ -143,18 +172,18 @@ def test_votes_are_recorded_in_callbacks_and_the_next_pair_follows(study_any_db)
     study = study_any_db
     at = start_voting(study.tokens["ann-a"])
     first = pair_label(at)
-    at.button(key="ans_alignment_left").click().run()
+    ans(at, "alignment", "left").click().run()
     assert pair_label(at) == first  # one question answered: the pair stays
-    assert at.button(key="ans_alignment_left").proto.type == "primary"
+    assert ans(at, "alignment", "left").proto.type == "primary"
     assert list(my_votes(study, "ann-a")["answer"]) == ["left"]
-    at.button(key="ans_quality_equal").click().run()
+    ans(at, "quality", "equal").click().run()
     assert pair_label(at).startswith("Pair 2 of")
     v = my_votes(study, "ann-a")
     assert sorted(zip(v["question"], v["answer"])) == [("alignment", "left"), ("quality", "equal")]
     assert (v["seconds"] >= 0).all()
     # The same button fired twice (a double click or a rerun) leaves one vote.
-    at.button(key="ans_alignment_right").click().run()
-    at.button(key="ans_alignment_right").click().run()
+    ans(at, "alignment", "right").click().run()
+    ans(at, "alignment", "right").click().run()
     v = my_votes(study, "ann-a")
     assert len(v) == 3 and v.groupby(["item_id", "question"]).size().max() == 1
 
@@ -164,7 +193,7 @@ def test_resume_in_a_new_session_at_the_first_open_pair(study_any_db):
     at = start_voting(study.tokens["ann-a"])
     answer(at, "left", "left")
     answer(at, "right", "both_bad")
-    at.button(key="ans_alignment_equal").click().run()  # pair 3 half answered
+    ans(at, "alignment", "equal").click().run()  # pair 3 half answered
     # A refresh, a closed tab or a server restart: a new session with only the link.
     dispose_engines()
     again = app(study.tokens["ann-a"])
@@ -172,8 +201,8 @@ def test_resume_in_a_new_session_at_the_first_open_pair(study_any_db):
     assert again.title == [] or again.title[0].value != "Guideline"  # guideline already read
     assert pair_label(again).startswith("Pair 3 of")
     assert any(t.endswith("done") and t.startswith("2 / ") for t in texts(again))
-    assert again.button(key="ans_alignment_equal").proto.type == "primary"
-    assert again.button(key="ans_quality_equal").proto.type == "secondary"
+    assert ans(again, "alignment", "equal").proto.type == "primary"
+    assert ans(again, "quality", "equal").proto.type == "secondary"
 
 
 def test_changing_the_previous_answer(study):
@@ -183,8 +212,8 @@ def test_changing_the_previous_answer(study):
     at.button(key="back").click().run()
     assert pair_label(at).startswith("Pair 1 of")
     assert any("changing your answers" in i.value for i in at.info)
-    assert at.button(key="ans_alignment_left").proto.type == "primary"
-    at.button(key="ans_alignment_right").click().run()
+    assert ans(at, "alignment", "left").proto.type == "primary"
+    ans(at, "alignment", "right").click().run()
     assert pair_label(at).startswith("Pair 1 of")  # stays until Continue
     v = my_votes(study, "ann-a").set_index("question")
     assert v.loc["alignment", "answer"] == "right" and v.loc["alignment", "changes"] == 1
@@ -233,16 +262,29 @@ def test_admin_page_shows_progress_and_export(study):
     assert not other.dataframe and other.title[0].value == "Guideline"
 
 
-def test_missing_database_gives_a_message_not_a_traceback(study, tmp_path):
+def no_server_detail(at: AppTest, tmp_path) -> None:
+    """Nothing on the page names a server path, the database URL or the study."""
+    for text in page_strings(at):
+        for secret in (str(tmp_path), "sqlite", "votes.db", STUDY):
+            assert secret not in text, (secret, text)
+
+
+def test_missing_database_gives_a_message_not_a_traceback(study, tmp_path, caplog):
     at = start_voting(study.tokens["ann-a"])
+    admin = app(study.admin_token)
     dispose_engines()
     for suffix in ("", "-wal", "-shm"):  # the database file is deleted under the running app
         (tmp_path / f"votes.db{suffix}").unlink(missing_ok=True)
-    at.button(key="ans_alignment_left").click().run()
+    ans(at, "alignment", "left").click().run()
     assert not at.exception
     assert any("cannot be reached" in e.value for e in at.error)
     assert any("not found" in t for t in texts(at))
     assert at.button(key="retry")
+    no_server_detail(at, tmp_path)
+    # The server log and the admin's page have what the organiser needs.
+    assert any(str(tmp_path / "votes.db") in r.getMessage() for r in caplog.records if r.name == "k3eval.sbs.app")
+    admin.run()
+    assert any(str(tmp_path / "votes.db") in t for t in texts(admin))
 
 
 def test_locked_database_gives_a_message_and_keeps_the_pair(study, tmp_path):
@@ -252,7 +294,7 @@ def test_locked_database_gives_a_message_and_keeps_the_pair(study, tmp_path):
     con.execute("BEGIN IMMEDIATE")  # another writer holds the lock longer than the store's busy timeout
     try:
         t0 = time.monotonic()
-        at.button(key="ans_alignment_left").click().run(timeout=60)
+        ans(at, "alignment", "left").click().run(timeout=60)
         assert time.monotonic() - t0 >= 4.0  # it waited for the lock first
     finally:
         con.execute("ROLLBACK")
@@ -260,19 +302,19 @@ def test_locked_database_gives_a_message_and_keeps_the_pair(study, tmp_path):
     assert not at.exception
     assert any("NOT saved" in e.value and "busy" in e.value for e in at.error)
     assert pair_label(at) == before
-    assert at.button(key="ans_alignment_left").proto.type == "secondary"
+    assert ans(at, "alignment", "left").proto.type == "secondary"
     assert len(my_votes(study, "ann-a")) == 0
-    at.button(key="ans_alignment_left").click().run()  # once the lock is gone the same key works
+    ans(at, "alignment", "left").click().run()  # once the lock is gone the same key works
     assert len(my_votes(study, "ann-a")) == 1
 
 
 def test_a_key_arriving_after_the_pair_is_finished_is_not_counted(study):
     at = start_voting(study.tokens["ann-a"])
-    at.button(key="ans_alignment_left").click().run()
+    ans(at, "alignment", "left").click().run()
     # Two presses reach the server in one rerun, both bound to pair 1 as it was drawn: the first finishes the pair,
     # the second (meant for the next pair, pressed before it appeared) must not overwrite the finished answer.
-    at.button(key="ans_quality_left").click()
-    at.button(key="ans_quality_right").click()
+    ans(at, "quality", "left").click()
+    ans(at, "quality", "right").click()
     at.run()
     assert not at.exception
     assert pair_label(at).startswith("Pair 2 of")
@@ -288,6 +330,70 @@ def test_database_missing_at_sign_in(study, tmp_path, monkeypatch):
     assert any("cannot be reached" in e.value for e in at.error)
     assert any("not found" in t for t in texts(at))
     assert not (tmp_path / "no-such.db").exists()  # the app never creates an empty database
+    no_server_detail(at, tmp_path)
+
+
+def test_read_only_database_names_no_path(study, tmp_path):
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    at = start_voting(study.tokens["ann-a"])
+    dispose_engines()
+
+    def read_only(dbapi_conn, _record):  # what a read-only file gives (root ignores file modes)
+        dbapi_conn.execute("PRAGMA query_only = ON")
+
+    event.listen(Engine, "connect", read_only)
+    try:
+        ans(at, "alignment", "left").click().run()
+    finally:
+        event.remove(Engine, "connect", read_only)
+        dispose_engines()
+    assert not at.exception
+    assert any("NOT saved" in e.value and "read-only" in e.value.replace("\\", "") for e in at.error)
+    no_server_detail(at, tmp_path)
+    assert len(my_votes(study, "ann-a")) == 0
+
+
+def test_closed_study_takes_no_answer_and_says_so(study):
+    from k3eval.sbs import set_closed
+
+    at = start_voting(study.tokens["ann-a"])
+    set_closed(STUDY, True, study.db_url)
+    ans(at, "alignment", "left").click().run()  # a button of the page drawn before the study was closed
+    assert not at.exception
+    assert any("closed" in w.value for w in at.warning)
+    assert any("closed" in i.value for i in at.info) and not at.image
+    assert not [b for b in at.button if b.key.startswith("ans_")]
+    assert len(my_votes(study, "ann-a")) == 0
+    admin = app(study.admin_token)
+    assert any("closed since" in t for t in texts(admin))
+    set_closed(STUDY, False, study.db_url)
+    at.run()
+    assert len(at.image) == 2
+    ans(at, "alignment", "left").click().run()
+    assert len(my_votes(study, "ann-a")) == 1
+
+
+def test_repeated_wrong_tokens_are_slowed_down_and_counted_on_one_row(study):
+    from k3eval.sbs.store import AuditLog, get_engine, session
+
+    at = app()
+    messages = []
+    for k in range(6):
+        at.text_input(key="typed_token").input(f"wrong-{k}")
+        at.button(key="sign_in").click().run()
+        messages.append(" ".join(e.value.replace("\\", "") for e in at.error))  # the page escapes punctuation
+    # 3 free refusals per browser session, the 4th sets a 1 s wait: the next attempts are turned away unchecked
+    assert all("not valid" in m for m in messages[:4]), messages
+    assert all("Too many sign-in attempts" in m for m in messages[4:]), messages
+    with session(get_engine(study.db_url)) as s:
+        rows = s.scalars(select(AuditLog).where(AuditLog.event == "login_refused")).all()
+    assert len(rows) == 1 and rows[0].detail["count"] == 4 and rows[0].detail["source"] == "local"
+    time.sleep(1.1)  # once the wait is over, the right token works
+    at.text_input(key="typed_token").input(study.tokens["ann-a"])
+    at.button(key="sign_in").click().run()
+    assert at.title[0].value == "Guideline"
 
 
 def test_no_study_configured(monkeypatch):

@@ -19,12 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from app_study import (  # noqa: E402
     REPO,
     Server,
-    chromium_available,
-    in_ci,
-    launch,
     make_photo_run,
     wait_app,
     wait_pair,
+    wait_shown,
 )
 from helpers import PROMPTS  # noqa: E402
 
@@ -35,21 +33,6 @@ ARTIFACTS = REPO / "tests" / "artifacts"
 STUDY = "photo-study"
 KEY_ANSWERS = {"1": "left", "2": "right", "3": "equal", "4": "both_bad",
                "a": "left", "s": "right", "d": "equal", "f": "both_bad"}
-
-
-@pytest.fixture
-def browser():
-    why = chromium_available()
-    if why:
-        if in_ci():
-            pytest.fail(f"browser test cannot run: {why}")
-        pytest.skip(why)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = launch(pw)
-        yield b
-        b.close()
 
 
 @pytest.fixture
@@ -88,7 +71,7 @@ def vote_with_keys(page, position: int, total: int, align_key: str, quality_key:
                    screenshot: Path | None = None) -> None:
     wait_pair(page, position, total)
     page.keyboard.press(align_key)
-    page.wait_for_selector(f".st-key-ans_alignment_{KEY_ANSWERS[align_key]} button[kind='primary']")
+    page.wait_for_selector(f".st-key-ans_{position}_alignment_{KEY_ANSWERS[align_key]} button[kind='primary']")
     if screenshot is not None:  # the page as an annotator sees it, one answer given
         page.screenshot(path=str(screenshot))
     page.keyboard.press(quality_key)
@@ -96,9 +79,9 @@ def vote_with_keys(page, position: int, total: int, align_key: str, quality_key:
 
 def vote_with_clicks(page, position: int, total: int, align: str, quality: str) -> None:
     wait_pair(page, position, total)
-    page.click(f".st-key-ans_alignment_{align} button")
-    page.wait_for_selector(f".st-key-ans_alignment_{align} button[kind='primary']")
-    page.click(f".st-key-ans_quality_{quality} button")
+    page.click(f".st-key-ans_{position}_alignment_{align} button")
+    page.wait_for_selector(f".st-key-ans_{position}_alignment_{align} button[kind='primary']")
+    page.click(f".st-key-ans_{position}_quality_{quality} button")
 
 
 def test_two_annotators_keyboard_and_mouse_end_to_end(browser, served, tmp_path):
@@ -116,7 +99,7 @@ def test_two_annotators_keyboard_and_mouse_end_to_end(browser, served, tmp_path)
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     page.goto(created.links["keys"].replace("http://localhost:8501", server.base))
     wait_app(page)
-    page.wait_for_selector(".st-key-start")
+    wait_shown(page, ".st-key-start")
     page.screenshot(path=str(ARTIFACTS / "sbs_guideline.png"))
     page.keyboard.press("Enter")
     for pos in range(1, n + 1):
@@ -133,7 +116,7 @@ def test_two_annotators_keyboard_and_mouse_end_to_end(browser, served, tmp_path)
             page.wait_for_selector(".st-key-editing")
             wait_pair(page, 3, n)
             page.keyboard.press("3")
-            page.wait_for_selector(".st-key-ans_alignment_equal button[kind='primary']")
+            page.wait_for_selector(".st-key-ans_3_alignment_equal button[kind='primary']")
             expected[("keys", 3, "alignment")] = "equal"
             page.keyboard.press("Enter")
             page.wait_for_selector(".st-key-editing", state="detached")
@@ -163,7 +146,7 @@ def test_two_annotators_keyboard_and_mouse_end_to_end(browser, served, tmp_path)
     wait_app(page)
     page.fill(".st-key-typed_token input", created.tokens["mouse"])
     page.click(".st-key-sign_in button")
-    page.wait_for_selector(".st-key-start")
+    wait_shown(page, ".st-key-start")
     page.click(".st-key-start button")
     answers = ("left", "right", "equal", "both_bad")
     for pos in range(1, m + 1):

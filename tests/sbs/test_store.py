@@ -293,7 +293,7 @@ def test_other_schema_version_is_refused(study):
     with store.session(engine, write=True) as s:
         s.get(store.Meta, "schema_version").value = "99"
     sbs.dispose_engines()
-    with pytest.raises(sbs.StoreUnavailable, match="schema version 99, this k3eval uses 1"):
+    with pytest.raises(sbs.StoreUnavailable, match="schema version 99, this k3eval uses 2"):
         _login(study)
 
 

@@ -205,7 +205,7 @@ def fid_section(cfg: dict[str, Any], device: str, tmp: Path) -> dict[str, Any]:
 
     def k3eval_features():
         ext = InceptionExtractor(weights, "tf", device=device, batch_size=batch)
-        return np.concatenate([extract_images(ext, image_items(f), FeatureCache(ext.fingerprint, None)).feats[
+        return np.concatenate([extract_images(ext, image_items(f)[0], FeatureCache(ext.fingerprint, None)).feats[
             :, :POOL_DIM] for f in (a, b)])
 
     def fidelity_features():

@@ -66,6 +66,7 @@ class Fid(_InceptionMetric):
     display_name = "FID"
     higher_is_better = False
     reference = "inception"
+    reference_features = False
 
     def statistic(self, data: ScoreData):
         from k3eval.metrics import functional as F

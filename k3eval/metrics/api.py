@@ -17,7 +17,7 @@ and a batched `run()`:
 `run()` returns one float32 array per input (an N x D array, or a list of arrays of any shape: detections, several
 answers). The stage decodes each image once for all extractors that need it, in worker processes, in bounded
 batches: what accumulates is outputs, never images. An optional `setup()` runs in the main process before any
-image is prepared (when something must be computed), and `transient` names what must not be sent to the workers.
+image is prepared (when something must be computed), for what `prepare` needs from a loaded model.
 """
 
 from __future__ import annotations
@@ -45,14 +45,11 @@ class Extractor(ABC):
     """Something that maps inputs to one float32 array each. Load models lazily in `run`, never in `__init__`:
     constructing an extractor must stay cheap, because a fully cached rescoring never calls `run`.
 
-    Image extractors are sent to the decoding worker processes (pickled) to run `prepare` there. What is pickled
-    leaves out the attributes named in `transient` and every attribute holding a torch module (set to None in the
-    copy), so a loaded model never travels; an extractor that cannot be pickled is prepared in threads instead."""
+    Image extractors run `prepare` in decoding worker processes forked from the main one (they inherit the extractor
+    as it is after `setup`); what `prepare` returns is pickled back to the main process, which runs `run`."""
 
     kind: ClassVar[str] = ""
     batch_size: int = 32
-    #: attributes holding loaded models or other state the decoding workers must not receive
-    transient: ClassVar[tuple[str, ...]] = ()
 
     @property
     @abstractmethod
@@ -67,13 +64,6 @@ class Extractor(ABC):
     @abstractmethod
     def run(self, batch: list) -> np.ndarray | list[np.ndarray]:
         """One output per input of the batch, in order."""
-
-    def __getstate__(self) -> dict[str, Any]:
-        import sys
-
-        torch = sys.modules.get("torch")
-        module = torch.nn.Module if torch is not None else ()
-        return {k: None if k in self.transient or isinstance(v, module) else v for k, v in self.__dict__.items()}
 
 
 class ImageExtractor(Extractor):

@@ -130,8 +130,6 @@ class InceptionExtractor(ImageExtractor):
     """TF-ported Inception-v3: pool3 (2048) and unbiased logits (1008) per image, concatenated."""
 
     dim = POOL_DIM + LOGITS_DIM
-    transient = ("_net",)
-
     def __init__(self, weights: WeightsInfo, protocol: str = "clean", device: str = "cpu", batch_size: int = 32,
                  dtype: str = "float32"):
         self.weights = weights
@@ -179,8 +177,6 @@ class ClipImageExtractor(ImageExtractor):
     """CLIP image embeddings (raw, not normalised) of one model; the model is loaded on first need. Its image
     preprocessing (resize, crop, normalise, as the model was loaded with) runs in the decoding workers."""
 
-    transient = ("_enc", "_tok")
-
     def __init__(self, backend: str, model: str, pretrained: str, device: str = "cpu", batch_size: int = 32):
         from k3eval.metrics.clip import resolve_clip
 
@@ -205,7 +201,7 @@ class ClipImageExtractor(ImageExtractor):
         return self._enc
 
     def setup(self) -> None:
-        # The transform comes with the model (open_clip builds both together); the workers receive the transform.
+        # The transform comes with the model (open_clip builds both together); the workers inherit it.
         self._preprocess = self.encoder().preprocess
 
     def prepare(self, image: np.ndarray):
@@ -285,12 +281,13 @@ def _prepare(extractors: list, path: Path, wanted: list[tuple[int, str | None]])
     return prepared, None
 
 
-def _init_worker(blob: bytes) -> None:
+def _init_worker(extractors: list) -> None:
     global _WORKER_EXTRACTORS
-    _WORKER_EXTRACTORS = pickle.loads(blob)
+    _WORKER_EXTRACTORS = extractors
     torch = sys.modules.get("torch")
     if torch is not None:
-        torch.set_num_threads(1)  # one core per worker: the main process's network uses the others
+        # One core per worker, and no OpenMP pool inherited from the parent (using it after fork can hang).
+        torch.set_num_threads(1)
 
 
 def _prepare_in_worker(path: Path, wanted: list[tuple[int, str | None]]) -> bytes:
@@ -299,9 +296,10 @@ def _prepare_in_worker(path: Path, wanted: list[tuple[int, str | None]]) -> byte
 
 
 class _Decoder:
-    """Runs `_prepare` for one image at a time: in `workers` processes (forked from a server that has the extractor
-    modules imported, so a worker starts in milliseconds), in threads when there are few images or an extractor
-    cannot be pickled, or in the calling thread with `workers=0`."""
+    """Runs `_prepare` for one image at a time: in `workers` processes forked from this one (as torch's DataLoader
+    does: they inherit the extractors, nothing is pickled but what `prepare` returns, and no script is imported
+    again), in threads where forking is not available or there are too few images to pay for the processes, or in
+    the calling thread with `workers=0`."""
 
     def __init__(self, extractors: list, workers: int, n_images: int):
         self.extractors = extractors
@@ -309,16 +307,10 @@ class _Decoder:
         self.processes = False
         if workers <= 0:
             return
-        blob = None
-        if n_images >= PROCESS_MIN_IMAGES and not multiprocessing.current_process().daemon:
-            try:
-                blob = pickle.dumps(extractors, protocol=pickle.HIGHEST_PROTOCOL)
-            except (pickle.PicklingError, TypeError, AttributeError):
-                blob = None  # e.g. a class defined inside a function: prepared in threads instead
-        if blob is not None:
-            ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["k3eval.metrics.extract"])
-            self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(blob,))
+        if n_images >= PROCESS_MIN_IMAGES and sys.platform.startswith("linux") \
+                and not multiprocessing.current_process().daemon:
+            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                            initializer=_init_worker, initargs=(extractors,))
             self.processes = True
         else:
             self.pool = ThreadPoolExecutor(max_workers=workers)  # PIL, numpy and torch release the GIL

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 
 import numpy as np
 import pytest
@@ -156,38 +155,65 @@ def test_images_are_prepared_in_worker_processes_with_the_same_values(tmp_path, 
     np.testing.assert_array_equal(spawned[2], inline[2])
 
 
-def test_an_extractor_that_cannot_be_pickled_is_prepared_in_threads(tmp_path, monkeypatch):
+def test_worker_processes_are_forked_and_need_nothing_pickled_but_the_inputs(tmp_path, monkeypatch):
+    """A class defined inside a function (which pickle cannot find by name) is prepared in worker processes too:
+    they are forked, so they inherit the extractor, and the script that started them is not imported again."""
     monkeypatch.setattr(extract, "PROCESS_MIN_IMAGES", 0)
     paths = write_pngs(tmp_path / "imgs", smooth_images(4, 16, seed=2))
 
-    class Local(PidMean):  # defined in a function: pickle cannot find it by name
+    class Local(PidMean):
         pass
 
     (vals,) = _values(lambda: [Job(Local(), FeatureCache({"e": 1}, None), list("abcd"), sink=ArraySink(4))], paths, 2)
-    assert (vals[:, 3] == os.getpid()).all()
+    assert not (vals[:, 3] == os.getpid()).any()
+    monkeypatch.setattr(extract, "PROCESS_MIN_IMAGES", 64)  # few images: threads, no processes to start
+    (few,) = _values(lambda: [Job(Local(), FeatureCache({"e": 1}, None), list("abcd"), sink=ArraySink(4))], paths, 2)
+    assert (few[:, 3] == os.getpid()).all()
 
 
-def test_an_extractor_is_sent_to_workers_without_its_model(inception_weights, open_clip_checkpoint):
-    import torch
+UNGUARDED_SCRIPT = """
+import os, sys
+from pathlib import Path
+import numpy as np
+from k3eval.metrics import extract
+from k3eval.metrics.api import ImageExtractor
+from k3eval.metrics.cache import FeatureCache
+from k3eval.metrics.extract import ArraySink, Job, run_jobs
 
-    from k3eval.metrics.extract import ClipImageExtractor, InceptionExtractor
-    from k3eval.metrics.weights import resolve_inception_weights
+extract.PROCESS_MIN_IMAGES = 0
 
-    inc = InceptionExtractor(resolve_inception_weights(str(inception_weights)))
-    inc._load()
-    assert pickle.loads(pickle.dumps(inc))._net is None and inc._net is not None
-    clip = ClipImageExtractor("open_clip", "synthetic", "synthetic")
-    clip.setup()
-    copy = pickle.loads(pickle.dumps(clip))
-    assert copy._enc is None and copy._preprocess is not None and copy.fingerprint == clip.fingerprint
 
-    class WithModel(PidMean):
-        def __init__(self):
-            self.net = torch.nn.Linear(2, 2)  # not declared transient: left out because it is a torch module
-            self.size = 7
+class Pid(ImageExtractor):
+    fingerprint = {"extractor": "pid"}
 
-    state = WithModel().__getstate__()
-    assert state == {"net": None, "size": 7}
+    def prepare(self, image):
+        return np.array([os.getpid()], np.float64)
+
+    def run(self, batch):
+        return np.stack(batch)
+
+
+paths = sorted(Path(sys.argv[1]).glob("*.png"))
+sink = ArraySink(len(paths))
+run_jobs([Job(Pid(), FeatureCache({"e": 1}, None), [str(i) for i in range(len(paths))], sink=sink)], paths, workers=2)
+print("workers", len(set(sink.result()[:, 0].tolist()) - {os.getpid()}))
+"""
+
+
+def test_a_script_without_a_main_guard_can_use_worker_processes(tmp_path):
+    """Worker processes started by spawn or forkserver import the main script again, which re-runs a script that
+    has no `if __name__ == "__main__"` guard and breaks the pool; forked workers do not."""
+    import subprocess
+    import sys
+
+    write_pngs(tmp_path / "imgs", smooth_images(6, 16, seed=9))
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "imgs")], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("workers")]
+    assert len(lines) == 1 and int(lines[0].split()[1]) >= 1
 
 
 # ---- shards, duplicates, unreadable images ---------------------------------------------------------------------------

@@ -31,29 +31,20 @@ def file_lock(path: str | Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-@contextlib.contextmanager
-def atomic_writer(path: str | Path):
-    """A binary file to write `path` through: readers see either the old file or the complete new one (a temporary
-    file in the same folder, renamed when the block ends; removed if it raises). Large outputs are streamed to disk
-    instead of being built in memory first."""
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see either the old file or the complete new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            yield f
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either the old file or the complete new one."""
-    with atomic_writer(path) as f:
-        f.write(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

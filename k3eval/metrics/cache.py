@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import uuid
 from collections.abc import Sequence
@@ -28,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from k3eval.errors import UserError
-from k3eval.utils import atomic_write_json, atomic_writer, cache_dir
+from k3eval.utils import atomic_write_bytes, atomic_write_json, cache_dir
 
 #: values per shard written by an extraction (2048 Inception values: 25 MB), also the unit of merging
 SHARD_ROWS = 2048
@@ -183,8 +184,9 @@ class FeatureCache:
                 arrays.update(flat=np.concatenate([v.ravel() for v in vals]),
                               offsets=np.cumsum([0] + [v.size for v in vals]).astype(np.int64),
                               shapes=np.array([v.shape for v in vals], dtype=np.int64).reshape(len(vals), -1))
-        with atomic_writer(self.folder / f"{uuid.uuid4().hex}.npz") as f:
-            np.savez(f, **arrays)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        atomic_write_bytes(self.folder / f"{uuid.uuid4().hex}.npz", buf.getbuffer())
 
     def _merge_small(self) -> None:
         """Merge the shards of fewer than SHARD_ROWS // 2 values into full ones once there are more than MAX_SHARDS

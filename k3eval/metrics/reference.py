@@ -27,7 +27,7 @@ from k3eval.metrics.inception import POOL_DIM
 from k3eval.metrics.options import PROTOCOLS
 from k3eval.metrics.preprocess import bad_images_error
 from k3eval.metrics.verify import verify_images
-from k3eval.utils import atomic_write_bytes, atomic_writer, now_iso, package_versions
+from k3eval.utils import atomic_write_bytes, now_iso, package_versions
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # What must agree between a reference and the scored images for FID/KID to be comparable.
@@ -152,7 +152,7 @@ def synthetic_reference_images(n: int, seed: int = 0, size: int = 64) -> Path:
 
 
 def write_reference(ref: Reference, out: str | Path) -> None:
-    """Write the .npz (streamed to a temporary file and renamed: large feature arrays are not copied in memory)."""
+    """Write the .npz atomically (one in-memory copy of the arrays: the file's bytes, handed over without another)."""
     out = Path(out)
     if out.suffix != ".npz":
         raise UserError(f"--out: reference files end in .npz, got {out}")
@@ -164,8 +164,9 @@ def write_reference(ref: Reference, out: str | Path) -> None:
         arrays["features"] = ref.features
     if ref.clip_features is not None:
         arrays["clip_features"] = ref.clip_features
-    with atomic_writer(out) as f:
-        np.savez(f, **arrays)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(out, buf.getbuffer())
 
 
 def load_reference(path: str | Path, declared_protocol: str | None = None) -> Reference:

@@ -322,11 +322,16 @@ def main() -> None:
     p.add_argument("--memory-n", default="200,1000,3000",
                    help="set sizes of the memory-scaling measurement, comma-separated ('' to skip it)")
     p.add_argument("--out", default=str(HERE / "results" / "metrics_speed"))
+    p.add_argument("--render", action="store_true", help="only write the .md again from the .json of --out")
     p.add_argument("--tool")
     p.add_argument("--tool-args")
     args = p.parse_args()
     if args.tool:
         child(args)
+        return
+    if args.render:
+        out = Path(args.out)
+        out.with_suffix(".md").write_text(render_md(json.loads(out.with_suffix(".json").read_text())))
         return
 
     from k3eval.utils import hardware_info, now_iso, package_versions
@@ -432,6 +437,14 @@ def render_md(doc: dict) -> str:
               f"| torch-fidelity network incl. its resize (batch {pr['images']}) | "
               f"{pr['torch_fidelity_network_ms']:.1f} |",
               "", f"FID arithmetic at {s['images_per_set']} images per set: {pr['fid_arithmetic_s']:.2f} s."]
+    images = 2 * s["images_per_set"]
+    net = images * pr["k3eval_network_ms"] / 1000.0
+    first, tf = r["k3eval_first"]["seconds"], r["torch_fidelity"]["seconds"]
+    lines += ["", f"What bounds the first run: its network alone, on the {images} images, takes {net:.0f} s "
+              f"({100 * net / first:.0f} % of the k3eval first run, {net / tf:.2f}x torch-fidelity's whole run); "
+              f"decoding and resizing ({images * (pr['decode_ms'] + pr['resize_tf_ms']) / 1000.0:.0f} s of CPU) run "
+              "in the worker processes meanwhile, on the same cores. torch-fidelity's network alone (its resize "
+              f"included) takes {images * pr['torch_fidelity_network_ms'] / 1000.0:.0f} s."]
     lines += ["", "Reproduce: `python benchmarks/perf/metrics_speed.py --n "
               f"{s['images_per_set']} --size {s['size']} --memory-n "
               f"{','.join(map(str, s['memory_images_per_set'])) or chr(34) * 2}`.", ""]

@@ -285,3 +285,26 @@ def test_an_unreadable_image_stays_out_of_every_sink(tmp_path):
     assert stats.stats.n == 3
     with pytest.raises(UserError, match="1 missing or unreadable"):
         run_jobs(jobs[1:], paths, workers=0)
+
+
+def test_set_metrics_hold_a_block_of_their_kernels_at_a_time(monkeypatch):
+    """CMMD's kernel matrices are summed a block of rows at a time (three N x N float64 matrices would be 21 GB at
+    30,000 images); IS and KID convert one split or subset at a time. The values are those of the whole matrices."""
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((37, 8)), rng.standard_normal((29, 8)) + 0.3
+    whole = F.cmmd(x, y)
+    monkeypatch.setattr(F, "KERNEL_BLOCK", 5)
+    assert F.cmmd(x, y) == pytest.approx(whole, rel=1e-12) and abs(whole) > 1e-3
+    logits = rng.standard_normal((23, 11)).astype(np.float32)
+    import torch
+
+    def reference_is(lg, splits, seed):  # the whole-matrix computation, split with torch.chunk
+        lg = torch.from_numpy(lg.astype(np.float64))[torch.from_numpy(np.random.RandomState(seed).permutation(23))]
+        p, logp = torch.softmax(lg, 1), torch.log_softmax(lg, 1)
+        return [float(torch.exp((a * (b - torch.log(a.mean(0, keepdim=True)))).sum(1).mean()))
+                for a, b in zip(p.chunk(splits), logp.chunk(splits))]
+
+    for splits in (4, 5, 6):
+        scores = reference_is(logits, splits, 7)
+        got = F.inception_score(logits, splits, 7)
+        assert got.mean == pytest.approx(np.mean(scores), rel=1e-12) and got.std == pytest.approx(np.std(scores))

@@ -9,14 +9,15 @@ whose `data[role]` holds one value per scored image, in manifest-row order. `com
 
 Extractors come in three kinds, all with a `fingerprint` (everything their output depends on: it keys the cache)
 and a batched `run()`:
-- `ImageExtractor`: `prepare(image)` on one decoded 8-bit RGB image (CPU only, no model, runs in decoding workers),
-  then `run(batch of prepared inputs)`; cached by the image's sha256.
+- `ImageExtractor`: `prepare(image)` on one decoded 8-bit RGB image (CPU only, no model, runs in decoding worker
+  processes), then `run(batch of prepared inputs)` in the main process; cached by the image's sha256.
 - `ImageTextExtractor`: the same with a text per image (`prepare(image, text)`), e.g. a VQA model asked about the
   prompt; cached by (image sha256, text).
 - `TextExtractor`: `run(batch of texts)`; cached by the text's sha256.
 `run()` returns one float32 array per input (an N x D array, or a list of arrays of any shape: detections, several
-answers). The stage decodes each image once for all extractors that need it, in bounded batches: what
-accumulates is outputs, never images.
+answers). The stage decodes each image once for all extractors that need it, in worker processes, in bounded
+batches: what accumulates is outputs, never images. An optional `setup()` runs in the main process before any
+image is prepared (when something must be computed), for what `prepare` needs from a loaded model.
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ if TYPE_CHECKING:
 # ---- extractors ----------------------------------------------------------------------------------------------------
 class Extractor(ABC):
     """Something that maps inputs to one float32 array each. Load models lazily in `run`, never in `__init__`:
-    constructing an extractor must stay cheap, because a fully cached rescoring never calls `run`."""
+    constructing an extractor must stay cheap, because a fully cached rescoring never calls `run`.
+
+    Image extractors run `prepare` in decoding worker processes forked from the main one (they inherit the extractor
+    as it is after `setup`); what `prepare` returns is pickled back to the main process, which runs `run`."""
 
     kind: ClassVar[str] = ""
     batch_size: int = 32
@@ -51,6 +55,11 @@ class Extractor(ABC):
     @abstractmethod
     def fingerprint(self) -> dict[str, Any]:
         """Everything the output depends on (model, weights and their sha256, preprocessing, dtype, versions)."""
+
+    def setup(self) -> None:
+        """Called once in the main process before any image is prepared, only when something must be computed: load
+        here what `prepare` needs and cannot build alone in a worker (e.g. a transform that comes with the model)."""
+        return None
 
     @abstractmethod
     def run(self, batch: list) -> np.ndarray | list[np.ndarray]:
@@ -223,6 +232,9 @@ class Metric(ABC):
     default: ClassVar[bool] = False
     #: the reference slot it compares with ("inception" or "clip", also the role of its needs), or None
     reference: ClassVar[str | None] = None
+    #: whether it reads the reference's features (KID), not only its mean and covariance (FID): a folder given as
+    #: the reference is then kept whole in memory instead of as running statistics
+    reference_features: ClassVar[bool] = True
     Settings: ClassVar[type[BaseModel] | None] = None
 
     def __init__(self, settings: dict[str, Any] | None = None):

@@ -26,6 +26,9 @@ def add_protocol_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cmmd-pretrained", default="openai", help="pretrained tag or file for the CMMD model")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--workers", type=nonnegative_int, default=None, metavar="N",
+                   help="processes that decode and preprocess images while the networks run (default: one per CPU "
+                   "core, at most 4; 0: decode in the main process)")
     p.add_argument("--dtype", default="float32", help="Inception compute dtype: float32 (default) or float64")
     p.add_argument("--cache", default="default", metavar="DIR",
                    help="feature cache folder (default $K3EVAL_CACHE/features); 'none' disables it")
@@ -64,7 +67,7 @@ def cmd_score(args) -> int:
         seed=args.seed, kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
         is_splits=args.is_splits, min_category=args.min_category, skip_bad=args.skip_bad,
         allow_protocol_mismatch=args.allow_protocol_mismatch, device=args.device, batch_size=args.batch_size,
-        dtype=args.dtype, cache=_cache(args.cache), progress=not args.quiet,
+        dtype=args.dtype, cache=_cache(args.cache), progress=not args.quiet, workers=args.workers,
         settings=parse_metric_settings(args.set or []))
     summary = score_run(args.run_dir, opts)
     if summary:  # empty on the ranks other than 0 under torchrun
@@ -93,10 +96,13 @@ def cmd_reference_build(args) -> int:
     from k3eval.metrics.reference import build_reference
     from k3eval.metrics.weights import resolve_inception_weights
 
-    metrics = ["fid", "kid"] if args.metrics is None else args.metrics
+    metrics = (["fid"] if args.stats_only else ["fid", "kid"]) if args.metrics is None else args.metrics
     unknown = [m for m in metrics if m not in ("fid", "kid", "cmmd")]
     if unknown or not metrics:
         raise UserError(f"--metrics: a reference serves fid, kid and cmmd; got {', '.join(unknown)}")
+    if args.stats_only and "kid" in metrics:
+        raise UserError("--stats-only keeps the mean and covariance only, and KID needs the features: leave kid out "
+                        "of --metrics, or drop --stats-only")
     inception = InceptionExtractor(resolve_inception_weights(args.inception_weights), args.protocol, args.device,
                                    args.batch_size, args.dtype)
     clip = ClipImageExtractor("open_clip", args.cmmd_model, args.cmmd_pretrained, args.device, args.batch_size) \
@@ -104,9 +110,10 @@ def cmd_reference_build(args) -> int:
     cache = _cache(args.cache)
     root = None if cache is None else (default_root() if cache == "default" else cache)
     ref = build_reference(args.images_dir, args.out, inception, root, clip=clip, skip_bad=args.skip_bad,
-                          progress=not args.quiet)
+                          progress=not args.quiet, features=not args.stats_only, workers=args.workers)
     print(f"{args.out}: reference of {ref.n} images, protocol {args.protocol}, weights "
           f"{ref.protocol['weights']} ({'standard' if ref.protocol['standard_weights'] else 'NON-STANDARD'})"
+          + (", statistics only (FID)" if args.stats_only else "")
           + (", with CLIP embeddings for CMMD" if clip else ""))
     for w in ref.warnings:
         print(f"  warning: {w}")
@@ -151,5 +158,8 @@ def register(sub) -> None:
                    "and the protocol)")
     b.add_argument("--metrics", type=_csv, default=None, help="what the reference serves: fid,kid (default), add cmmd "
                    "to store CLIP embeddings")
+    b.add_argument("--stats-only", action="store_true",
+                   help="store the mean and covariance only, accumulated image by image (memory flat in the number "
+                   "of images; serves FID, not KID)")
     add_protocol_args(b)
     b.set_defaults(func=cmd_reference_build)

@@ -186,19 +186,25 @@ class ClipEncoder:
     _tokenizer: Any = field(repr=False, default=None)
     device: str = "cpu"
 
-    def encode_images(self, images: list[np.ndarray]) -> np.ndarray:
-        import torch
-        from PIL import Image
+    @property
+    def preprocess(self) -> Any:
+        """The image preprocessing the model was loaded with (picklable: it is sent to the decoding workers)."""
+        return self._preprocess
 
+    def encode_images(self, images: list[np.ndarray]) -> np.ndarray:
+        """Embeddings of uint8 H x W x 3 images: `clip_pixels` on each, then `encode_pixels`."""
+        return self.encode_pixels([clip_pixels(self.backend, self._preprocess, a) for a in images])
+
+    def encode_pixels(self, pixels: list) -> np.ndarray:
+        """Embeddings of preprocessed images (3 x S x S tensors from `clip_pixels`)."""
+        import torch
+
+        x = torch.stack(pixels).to(self.device)
         with torch.inference_mode():
             if self.backend == "open_clip":
-                x = torch.stack([self._preprocess(Image.fromarray(a)) for a in images]).to(self.device)
                 out = self._model.encode_image(x)
             else:
-                # uint8 C x H x W tensors, as torchmetrics passes them: the processor's fast path, no PIL round trip
-                chw = [torch.from_numpy(a).permute(2, 0, 1) for a in images]
-                px = self._preprocess(images=chw, return_tensors="pt")["pixel_values"].to(self.device)
-                out = _features(self._model.get_image_features(pixel_values=px))
+                out = _features(self._model.get_image_features(pixel_values=x))
         return out.float().cpu().numpy()
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
@@ -217,6 +223,20 @@ class ClipEncoder:
     def truncated(self, texts: list[str]) -> list[bool]:
         """Whether each prompt is longer than the context (start and end tokens included)."""
         return truncated_flags(self.backend, self._tokenizer, self.context_length, texts)
+
+
+def clip_pixels(backend: str, preprocess: Any, image: np.ndarray):
+    """One uint8 H x W x 3 image as the model's input (3 x S x S float tensor), by the model's own preprocessing:
+    open_clip's transform on a PIL image, or the transformers image processor on the uint8 C x H x W tensor (as
+    torchmetrics passes it: the processor's fast path, no PIL round trip)."""
+    import torch
+
+    if backend == "open_clip":
+        from PIL import Image
+
+        return preprocess(Image.fromarray(image))
+    chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    return preprocess(images=[chw], return_tensors="pt")["pixel_values"][0]
 
 
 def truncated_flags(backend: str, tokenizer: Any, context_length: int, texts: list[str]) -> list[bool]:

@@ -23,15 +23,72 @@ def _f64(x: Array) -> torch.Tensor:
     return x.detach().to(torch.float64)
 
 
+# Rows converted to float64 at a time by the statistics below: bounds their memory (4096 x 2048 x 8 B = 64 MiB)
+# whatever the number of features.
+STATS_CHUNK = 4096
+
+
 def gaussian_stats(features: Array) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and unbiased covariance (ddof=1, as numpy.cov and every FID tool) of N x D features, in float64."""
-    f = _f64(features)
-    if f.ndim != 2 or f.shape[0] < 2:
-        raise ValueError(f"features must be N x D with N >= 2, got shape {tuple(f.shape)}")
-    mu = f.mean(0)
-    c = f - mu
-    sigma = c.T @ c / (f.shape[0] - 1)
-    return mu.numpy(), sigma.numpy()
+    """Mean and unbiased covariance (ddof=1, as numpy.cov and every FID tool) of N x D features, in float64.
+
+    Two passes (the mean, then the centred products), each over at most `STATS_CHUNK` rows at a time, so a float32
+    N x D input is never copied whole to float64."""
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise ValueError(f"features must be N x D with N >= 2, got shape {tuple(features.shape)}")
+    n, d = features.shape
+    if n <= STATS_CHUNK:
+        f = _f64(features)
+        mu = f.mean(0)
+        c = f - mu
+        return mu.numpy(), (c.T @ c / (n - 1)).numpy()
+    total = torch.zeros(d, dtype=torch.float64)
+    for i in range(0, n, STATS_CHUNK):
+        total += _f64(features[i:i + STATS_CHUNK]).sum(0)
+    mu = total / n
+    sigma = torch.zeros(d, d, dtype=torch.float64)
+    for i in range(0, n, STATS_CHUNK):
+        c = _f64(features[i:i + STATS_CHUNK]) - mu
+        sigma += c.T @ c
+    return mu.numpy(), (sigma / (n - 1)).numpy()
+
+
+class RunningGaussian:
+    """Mean and unbiased covariance of rows that arrive batch by batch, without keeping them (statistics-only
+    references of any size).
+
+    float64, with the pairwise update of Chan, Golub and LeVeque: each batch's own mean and centred scatter are
+    merged into the running ones, M2 += M2_b + d d^T n n_b / (n + n_b) with d the difference of the means. Unlike
+    raw sums of x and x x^T this never subtracts two large numbers, so the result equals the two-pass
+    `gaussian_stats` to rounding (tested to 1e-10 relative) even for features far from zero.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean: torch.Tensor | None = None
+        self.m2: torch.Tensor | None = None
+
+    def update(self, features: Array) -> None:
+        """Add the rows of an N x D batch (any float dtype; N may be 0)."""
+        for i in range(0, features.shape[0], STATS_CHUNK):
+            x = _f64(features[i:i + STATS_CHUNK])
+            nb = x.shape[0]
+            mb = x.mean(0)
+            c = x - mb
+            m2b = c.T @ c
+            if self.n == 0:
+                self.n, self.mean, self.m2 = nb, mb, m2b
+                continue
+            total = self.n + nb
+            d = mb - self.mean
+            self.mean = self.mean + d * (nb / total)
+            self.m2 = self.m2 + m2b + torch.outer(d, d) * (self.n * nb / total)
+            self.n = total
+
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, unbiased covariance) as float64 numpy arrays."""
+        if self.n < 2:
+            raise ValueError(f"need at least 2 samples for a covariance, got {self.n}")
+        return self.mean.numpy(), (self.m2 / (self.n - 1)).numpy()
 
 
 def stats_from_sums(total: Array, outer: Array, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -91,13 +148,13 @@ def frechet_distance_to_features(ref_mu: Array, ref_sigma: Array, features: Arra
     trace and of eigenvalues), so tr sqrt(S1 S2) needs an N x N eigendecomposition instead of two D x D ones.
     Above N = D the symmetric D x D route of `trace_sqrt_product` is used.
     """
-    f = _f64(features)
-    n, d = f.shape
+    n, d = features.shape
     if n < 2:
         raise ValueError(f"need at least 2 feature rows, got {n}")
     if n > d:
-        mu, sigma = gaussian_stats(f)
+        mu, sigma = gaussian_stats(features)
         return frechet_distance(ref_mu, ref_sigma, mu, sigma)
+    f = _f64(features)
     m1, s1 = _f64(ref_mu), _f64(ref_sigma)
     mu = f.mean(0)
     c = f - mu
@@ -154,11 +211,11 @@ class KidResult:
 def kernel_inception_distance(x: Array, y: Array, subsets: int = 100, subset_size: int = 1000,
                               seed: int = 0) -> KidResult:
     """KID: mean and std over seeded subsets of the unbiased polynomial-kernel MMD^2. `subset_size` is capped at the
-    smaller set size. x are the reference features, y the generated ones (the order matters only for the seed)."""
-    a, b = _f64(x), _f64(y)
-    size = min(subset_size, a.shape[0], b.shape[0])
-    values = np.array([polynomial_mmd2_unbiased(a[ix], b[iy])
-                       for ix, iy in kid_subsets(a.shape[0], b.shape[0], subsets, size, seed)])
+    smaller set size. x are the reference features, y the generated ones (the order matters only for the seed).
+    Only the rows of a subset are converted to float64 at a time, so float32 inputs of any size are not copied."""
+    size = min(subset_size, x.shape[0], y.shape[0])
+    values = np.array([polynomial_mmd2_unbiased(_f64(x[ix]), _f64(y[iy]))
+                       for ix, iy in kid_subsets(x.shape[0], y.shape[0], subsets, size, seed)])
     return KidResult(float(values.mean()), float(values.std()), subsets, size)
 
 
@@ -176,16 +233,15 @@ def inception_score(logits: Array, splits: int = 10, seed: int = 0, shuffle: boo
     Rows are shuffled with RandomState(seed) first (torch-fidelity's default seed is 2020), then cut into `splits`
     nearly equal parts.
     """
-    lg = _f64(logits)
-    n = lg.shape[0]
+    n = logits.shape[0]
     if n < splits:
         raise ValueError(f"need at least as many images ({n}) as splits ({splits})")
-    if shuffle:
-        lg = lg[torch.from_numpy(np.random.RandomState(seed).permutation(n))]
-    p = torch.softmax(lg, dim=1)
-    logp = torch.log_softmax(lg, dim=1)
+    order = np.random.RandomState(seed).permutation(n) if shuffle else np.arange(n)
     scores = []
-    for part_p, part_logp in zip(p.chunk(splits), logp.chunk(splits)):
+    size = -(-n // splits)  # the splits torch.chunk makes: ceil(n / splits) rows each, the last one shorter
+    for start in range(0, n, size):
+        lg = _f64(logits[order[start:start + size]])  # one split at a time in float64
+        part_p, part_logp = torch.softmax(lg, dim=1), torch.log_softmax(lg, dim=1)
         py = part_p.mean(0, keepdim=True)
         kl = (part_p * (part_logp - torch.log(py))).sum(1).mean()
         scores.append(math.exp(float(kl)))
@@ -207,20 +263,31 @@ def clip_score(image_emb: Array, text_emb: Array, scale: float = 100.0) -> np.nd
     return scale * np.maximum(clip_cosine(image_emb, text_emb), 0.0)
 
 
+# Rows of a kernel matrix computed at a time: its memory stays 2048 x N float64 (CMMD of 30,000 images would need
+# three 7 GB matrices at once).
+KERNEL_BLOCK = 2048
+
+
 def rbf_mmd2_unbiased(x: Array, y: Array, sigma: float = 10.0) -> float:
-    """Unbiased MMD^2 with the Gaussian kernel exp(-|x-y|^2 / (2 sigma^2)); diagonal terms left out."""
+    """Unbiased MMD^2 with the Gaussian kernel exp(-|x-y|^2 / (2 sigma^2)); diagonal terms left out. The kernel
+    matrices are summed `KERNEL_BLOCK` rows at a time."""
     a, b = _f64(x), _f64(y)
     g = 1.0 / (2.0 * sigma * sigma)
 
-    def k(u, v):
-        d2 = (u * u).sum(1)[:, None] + (v * v).sum(1)[None, :] - 2.0 * u @ v.T
-        return torch.exp(-g * d2.clamp_min(0))
+    def ksum(u, v, diagonal: bool) -> torch.Tensor:
+        """Sum of k(u_i, v_j) over all pairs, without the i == j terms when `diagonal` (u is v)."""
+        vv = (v * v).sum(1)[None, :]
+        total = torch.zeros((), dtype=torch.float64)
+        for s in range(0, u.shape[0], KERNEL_BLOCK):
+            ub = u[s:s + KERNEL_BLOCK]
+            kb = torch.exp(-g * ((ub * ub).sum(1)[:, None] + vv - 2.0 * ub @ v.T).clamp_min(0))
+            total += kb.sum() - (kb[:, s:s + KERNEL_BLOCK].diagonal().sum() if diagonal else 0.0)
+        return total
 
-    kxx, kyy, kxy = k(a, a), k(b, b), k(a, b)
     m, n = a.shape[0], b.shape[0]
-    sxx = (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
-    syy = (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
-    return float(sxx + syy - 2.0 * kxy.mean())
+    sxx = ksum(a, a, True) / (m * (m - 1))
+    syy = ksum(b, b, True) / (n * (n - 1))
+    return float(sxx + syy - 2.0 * ksum(a, b, False) / (m * n))
 
 
 def cmmd(x: Array, y: Array, sigma: float = 10.0, scale: float = 1000.0) -> float:

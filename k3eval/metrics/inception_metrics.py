@@ -66,6 +66,7 @@ class Fid(_InceptionMetric):
     display_name = "FID"
     higher_is_better = False
     reference = "inception"
+    reference_features = False
 
     def statistic(self, data: ScoreData):
         from k3eval.metrics import functional as F
@@ -112,7 +113,7 @@ class Kid(_InceptionMetric):
         if ref.features is None:
             raise UserError(f"--reference {ref.source} holds statistics only (mu, sigma), not features: KID needs "
                             "reference features; build it with `k3eval reference build`")
-        rf = np.asarray(ref.features, np.float64)
+        rf = ref.features  # float32; each subset is converted to float64 on its own
         pool = data["inception"][:, :POOL_DIM]
         o = data.opts
         return lambda idx: F.kernel_inception_distance(rf, pool[idx], o.kid_subsets, o.kid_subset_size, o.seed)

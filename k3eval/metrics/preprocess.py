@@ -68,43 +68,50 @@ def load_rgb8(path: str | Path) -> np.ndarray:
         raise BadImageError(p, f"cannot decode ({type(e).__name__}: {e})") from None
 
 
-def _tf1_weights(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _tf1_grid(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     # TF 1.x legacy rule: source coordinate = destination index * (n_in / n_out), no half-pixel shift, computed in
     # float32 as TF does (float64 coordinates move outputs by up to 0.006 grey levels).
-    scale = torch.tensor(n_in / n_out, dtype=torch.float32)
-    src = torch.arange(n_out, dtype=torch.float32) * scale
-    lo = src.floor().long().clamp(max=n_in - 1)
-    hi = (lo + 1).clamp(max=n_in - 1)
-    frac = src - lo.to(torch.float32)
-    return lo, hi, frac
+    src = np.arange(n_out, dtype=np.float32) * np.float32(n_in / n_out)
+    lo = src.astype(np.int64)  # truncation: the coordinates are never negative
+    hi = np.minimum(lo + 1, n_in - 1)
+    return lo, hi, src - lo.astype(np.float32)
 
 
-def resize_tf1_bilinear(x: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
-    """Bilinear resize of N x C x H x W floats to size x size by TensorFlow 1.x's rule (align_corners=False)."""
-    _, _, h, w = x.shape
-    lo, hi, fr = _tf1_weights(h, size)
-    top, bottom = x[:, :, lo, :], x[:, :, hi, :]
-    x = top + (bottom - top) * fr[None, None, :, None]
-    lo, hi, fr = _tf1_weights(w, size)
-    left, right = x[:, :, :, lo], x[:, :, :, hi]
-    return left + (right - left) * fr[None, None, None, :]
+def resize_tf1_bilinear(image: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+    """Bilinear resize of an H x W x C image to size x size x C float32 by TensorFlow 1.x's rule
+    (align_corners=False): interpolated along the width first, then the height, each step in float32, which is
+    torch-fidelity's order of operations, so the result equals its `interpolate_bilinear_2d_like_tensorflow1x`
+    exactly (tested)."""
+    x = np.asarray(image, dtype=np.float32)
+    ylo, yhi, dy = _tf1_grid(x.shape[0], size)
+    xlo, xhi, dx = _tf1_grid(x.shape[1], size)
+    top, bottom = x[ylo], x[yhi]
+    dx = dx[None, :, None]
+    upper = top[:, xlo] + (top[:, xhi] - top[:, xlo]) * dx
+    lower = bottom[:, xlo] + (bottom[:, xhi] - bottom[:, xlo]) * dx
+    return upper + (lower - upper) * dy[:, None, None]
 
 
 def resize_clean(image: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
-    """clean-fid's resize: each channel as a float32 PIL image, bicubic, clipped to [0, 255] (bicubic overshoots),
-    float32 3 x size x size."""
+    """clean-fid's resize: each channel as a float32 PIL image, bicubic, clipped to [0, 255] (bicubic overshoots);
+    float32 size x size x 3."""
     from PIL import Image
 
     chans = [np.asarray(Image.fromarray(image[:, :, c].astype(np.float32), mode="F").resize(
         (size, size), resample=Image.BICUBIC), dtype=np.float32) for c in range(3)]
-    return np.clip(np.stack(chans, 0), 0.0, 255.0)
+    return np.clip(np.stack(chans, -1), 0.0, 255.0)
+
+
+def inception_input_hwc(image: np.ndarray, protocol: str) -> np.ndarray:
+    """One H x W x 3 uint8 image -> 299 x 299 x 3 float32 in [0, 255] under `protocol`. Channels last: a batch of
+    these is already the channels-last layout the network runs in, so no copy is made to get there."""
+    if protocol == "clean":
+        return resize_clean(image)
+    if image.shape[:2] == (INPUT_SIZE, INPUT_SIZE):
+        return image.astype(np.float32)
+    return resize_tf1_bilinear(image)
 
 
 def inception_input(image: np.ndarray, protocol: str) -> torch.Tensor:
-    """One H x W x 3 uint8 image -> 3 x 299 x 299 float32 in [0, 255] under `protocol`."""
-    if protocol == "clean":
-        return torch.from_numpy(resize_clean(image))
-    x = torch.from_numpy(image).permute(2, 0, 1)[None].to(torch.float32)
-    if x.shape[-2:] == (INPUT_SIZE, INPUT_SIZE):
-        return x[0]
-    return resize_tf1_bilinear(x)[0]
+    """One H x W x 3 uint8 image -> 3 x 299 x 299 float32 in [0, 255] under `protocol` (a channels-last view)."""
+    return torch.from_numpy(inception_input_hwc(image, protocol)).permute(2, 0, 1)

@@ -1,8 +1,10 @@
 """Reference statistics: what generated images are compared with (FID, KID, CMMD).
 
 A reference file is an `.npz` in the layout pytorch-fid and clean-fid use (`mu`, `sigma`, float64), plus, when
-k3eval wrote it: `features` (the N x 2048 pool3 features, for KID), `clip_features` (for CMMD) and `k3eval_reference`
-(a JSON string: the Inception protocol fingerprint, the CLIP fingerprint, n, the source and when it was built).
+k3eval wrote it: `features` (the N x 2048 pool3 features, for KID; left out by `--stats-only`, whose statistics are
+accumulated batch by batch so that memory stays flat for any number of images), `clip_features` (for CMMD) and
+`k3eval_reference` (a JSON string: the Inception protocol fingerprint, the CLIP fingerprint, n, the source and when
+it was built).
 An external `.npz` holding only `mu` and `sigma` (for example the published COCO val2014 statistics) is accepted
 when its protocol is declared (`--reference-protocol tf|clean`); it then serves FID only.
 """
@@ -44,6 +46,8 @@ class Reference:
     clip_protocol: dict[str, Any] | None = None
     external: bool = False
     warnings: list[str] = field(default_factory=list)
+    #: built with running statistics only (`reference build --stats-only`): no features, so no KID
+    stats_only: bool = False
 
 
 def image_items(source: str | Path, cache_root: str | Path | None = None) -> tuple[list[ImageItem], list]:
@@ -66,40 +70,60 @@ def image_items(source: str | Path, cache_root: str | Path | None = None) -> tup
     return [ImageItem(k, p) for k, p in zip(checked.keys, paths) if k is not None], checked.bad
 
 
-def reference_features(source: str | Path, extractors: dict[str, Any], cache_root: str | Path | None,
-                       skip_bad: bool = False, progress: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Features of the reference images for each slot ("inception", "clip") in one pass over the images, and
-    warnings naming the images left out (an error naming them unless `skip_bad`)."""
+def reference_from_images(source: str | Path, extractors: dict[str, Any], cache_root: str | Path | None,
+                          skip_bad: bool = False, progress: bool = False, features: bool = True,
+                          workers: int | None = None) -> Reference:
+    """The reference of a folder of images or a run folder, for the slots of `extractors` ("inception", "clip"), in
+    one streaming pass over the images: each is decoded once for both, features come from or go to the cache.
+
+    `features=False` keeps only the running mean and covariance of the Inception features (float64, equal to the
+    two-pass result to rounding), so memory does not grow with the number of images; such a reference serves FID
+    but not KID. CLIP embeddings (CMMD) are always kept. Unreadable images are an error naming them unless
+    `skip_bad` (then listed in the warnings)."""
+    from k3eval.metrics.extract import ArraySink, StatsSink
+
     items, bad = image_items(source, cache_root)
     if bad and not skip_bad:
         raise bad_images_error(bad)
-    slots = list(extractors)
-    jobs = [Job(extractors[s], FeatureCache(extractors[s].fingerprint, cache_root), [it.key for it in items])
-            for s in slots]
-    values, unreadable = run_jobs(jobs, [it.path for it in items], skip_bad=skip_bad, progress=progress,
-                                  desc="reference features")
-    bad += unreadable
-    ok = [it.key for it in items if all(it.key in v for v in values)]
-    if len(ok) < 2:
-        raise UserError(f"reference {source}: {len(ok)} readable image(s); at least 2 are needed")
-    feats = {s: np.stack([v[k] for k in ok]) for s, v in zip(slots, values)}
-    return feats, [f"skipped unreadable image {e.path}: {e.reason}" for e in bad]
+    sinks: dict[str, Any] = {s: ArraySink(len(items)) for s in extractors}
+    if "inception" in extractors and not features:
+        sinks["inception"] = StatsSink(POOL_DIM)
+    jobs = [Job(ext, FeatureCache(ext.fingerprint, cache_root), [it.key for it in items], sink=sinks[s])
+            for s, ext in extractors.items()]
+    readable, unreadable = run_jobs(jobs, [it.path for it in items], skip_bad=skip_bad, progress=progress,
+                                    workers=workers, desc="reference features")
+    n = int(readable.sum())
+    if n < 2:
+        raise UserError(f"reference {source}: {n} readable image(s); at least 2 are needed")
+    warnings = [f"skipped unreadable image {e.path}: {e.reason}" for e in bad + unreadable]
+    if "inception" not in extractors:
+        ref = Reference(np.zeros(POOL_DIM), np.zeros((POOL_DIM, POOL_DIM)), n, {}, str(source), warnings=warnings)
+    elif features:
+        pool = sinks["inception"].result(readable)[:, :POOL_DIM]
+        mu, sigma = gaussian_stats(pool)
+        ref = Reference(mu, sigma, n, extractors["inception"].fingerprint, str(source),
+                        features=np.ascontiguousarray(pool), warnings=warnings)
+    else:
+        mu, sigma = sinks["inception"].stats.stats()
+        ref = Reference(mu, sigma, n, extractors["inception"].fingerprint, str(source), warnings=warnings,
+                        stats_only=True)
+    if "clip" in extractors:
+        ref.clip_features = sinks["clip"].result(readable)
+        ref.clip_protocol = extractors["clip"].fingerprint
+    return ref
 
 
 def build_reference(source: str | Path, out: str | Path, inception, cache_root: str | Path | None,
-                    clip=None, skip_bad: bool = False, progress: bool = False) -> Reference:
-    """Compute reference statistics of the images in `source` and write them to `out` (.npz, atomically)."""
+                    clip=None, skip_bad: bool = False, progress: bool = False, features: bool = True,
+                    workers: int | None = None) -> Reference:
+    """Compute the reference of the images in `source` and write it to `out` (.npz, atomically); `features=False`
+    stores the statistics only (see `reference_from_images`)."""
+    if Path(out).suffix != ".npz":
+        raise UserError(f"--out: reference files end in .npz, got {out}")
     extractors = {"inception": inception, **({"clip": clip} if clip is not None else {})}
-    feats, warnings = reference_features(source, extractors, cache_root, skip_bad, progress)
-    pool = feats["inception"][:, :POOL_DIM]
-    mu, sigma = gaussian_stats(pool)
-    if pool.shape[0] < POOL_DIM:
-        warnings.append(f"n = {pool.shape[0]} < {POOL_DIM} features: the covariance is rank-deficient")
-    ref = Reference(mu, sigma, pool.shape[0], inception.fingerprint, str(source), features=pool.astype(np.float32),
-                    warnings=warnings)
-    if clip is not None:
-        ref.clip_features = feats["clip"].astype(np.float32)
-        ref.clip_protocol = clip.fingerprint
+    ref = reference_from_images(source, extractors, cache_root, skip_bad, progress, features, workers)
+    if ref.n < POOL_DIM:
+        ref.warnings.append(f"n = {ref.n} < {POOL_DIM} features: the covariance is rank-deficient")
     write_reference(ref, out)
     return ref
 
@@ -128,8 +152,13 @@ def synthetic_reference_images(n: int, seed: int = 0, size: int = 64) -> Path:
 
 
 def write_reference(ref: Reference, out: str | Path) -> None:
+    """Write the .npz atomically (one in-memory copy of the arrays: the file's bytes, handed over without another)."""
+    out = Path(out)
+    if out.suffix != ".npz":
+        raise UserError(f"--out: reference files end in .npz, got {out}")
     meta = {"k3eval_reference": 1, "protocol": ref.protocol, "clip_protocol": ref.clip_protocol, "n": ref.n,
-            "source": ref.source, "created": now_iso(), "versions": package_versions(), "warnings": ref.warnings}
+            "source": ref.source, "created": now_iso(), "versions": package_versions(), "warnings": ref.warnings,
+            "stats_only": ref.stats_only}
     arrays: dict[str, Any] = {"mu": ref.mu, "sigma": ref.sigma, "k3eval_reference": np.array(json.dumps(meta))}
     if ref.features is not None:
         arrays["features"] = ref.features
@@ -137,10 +166,7 @@ def write_reference(ref: Reference, out: str | Path) -> None:
         arrays["clip_features"] = ref.clip_features
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    out = Path(out)
-    if out.suffix != ".npz":
-        raise UserError(f"--out: reference files end in .npz, got {out}")
-    atomic_write_bytes(out, buf.getvalue())
+    atomic_write_bytes(out, buf.getbuffer())
 
 
 def load_reference(path: str | Path, declared_protocol: str | None = None) -> Reference:
@@ -168,7 +194,8 @@ def load_reference(path: str | Path, declared_protocol: str | None = None) -> Re
             return Reference(mu, sigma, int(meta["n"]), meta["protocol"], str(p),
                              features=z["features"] if "features" in z else None,
                              clip_features=z["clip_features"] if "clip_features" in z else None,
-                             clip_protocol=meta.get("clip_protocol"), warnings=list(meta.get("warnings", [])))
+                             clip_protocol=meta.get("clip_protocol"), warnings=list(meta.get("warnings", [])),
+                             stats_only=bool(meta.get("stats_only", False)))
     if declared_protocol not in PROTOCOLS:
         raise UserError(f"--reference: {p} has no k3eval protocol record; declare how it was computed with "
                         f"--reference-protocol ({' or '.join(PROTOCOLS)}), e.g. 'tf' for pytorch-fid / torch-fidelity "

@@ -48,6 +48,8 @@ class ScoreOptions:
     allow_protocol_mismatch: bool = False
     device: str = "cpu"
     batch_size: int = 32
+    #: decoding worker processes (None: one per CPU core, at most 4; 0: decode in the main thread)
+    workers: int | None = None
     dtype: str = "float32"
     cache: str | None = "default"
     progress: bool = False
@@ -126,12 +128,13 @@ def score_run(run_dir: str | Path, opts: ScoreOptions) -> dict[str, Any]:
     distinct: dict[tuple, Any] = {}
     for nd in (nd for ns in needs.values() for nd in ns.values()):
         distinct.setdefault(_need_key(nd), nd)
-    if _distributed_prepass(opts, _jobs(distinct, rows, keys, root), _paths(run, rows)):
+    paths = _paths(run, rows)
+    if _distributed_prepass(opts, _jobs(distinct, rows, keys, root), paths):
         return {}
-    values, readable, bad = _extract(distinct, rows, keys, _paths(run, rows), root, opts)
-    if bad:
-        skipped += [{"path": str(e.path), "reason": e.reason} for e in bad]
-        stage_warnings += [f"skipped unreadable image {e.path} ({e.reason})" for e in bad]
+    values, readable, bad = _extract(distinct, rows, keys, paths, root, opts)
+    skipped += [{"path": str(e.path), "reason": e.reason} for e in bad]
+    stage_warnings += [f"skipped unreadable image {e.path} ({e.reason})" for e in bad]
+    if not readable.all():
         rows = rows[readable].reset_index(drop=True)
         keys = [k for k, ok in zip(keys, readable) if ok]
     if len(rows) < 2:
@@ -141,7 +144,8 @@ def score_run(run_dir: str | Path, opts: ScoreOptions) -> dict[str, Any]:
     reference, ref_warnings = None, []
     slots = {m.reference: needs[m.name][m.reference].extractor for m in metrics if m.reference}
     if slots:
-        reference, ref_warnings = _resolve_reference(opts, slots, root)
+        features = any(m.reference_features for m in metrics if m.reference == "inception")
+        reference, ref_warnings = _resolve_reference(opts, slots, root, features)
 
     base_proto = {"device": opts.device, "versions": package_versions(["open-clip-torch", "Pillow"])}
     per_image = rows[["prompt_id", "sample", "category", "path"]].copy()
@@ -186,19 +190,20 @@ def _verified(run, rows, root, skip_bad: bool):
     return rows[ok].reset_index(drop=True), [k for k in checked.keys if k is not None], skipped, warnings
 
 
-def _jobs(distinct: dict, rows, keys: list[str], root) -> dict:
-    """need key -> Job over the rows, for the needs that read images."""
-    from k3eval.metrics.extract import Job, pair_key
+def _jobs(distinct: dict, rows, keys: list[str], root, sinks: bool = False) -> dict:
+    """need key -> Job over the rows, for the needs that read images (with an ArraySink each when `sinks`)."""
+    from k3eval.metrics.extract import ArraySink, Job, pair_key
 
     jobs = {}
     for k, need in distinct.items():
         ext = need.extractor
+        sink = ArraySink(len(keys)) if sinks else None
         if ext.kind == "image":
-            jobs[k] = Job(ext, FeatureCache(ext.fingerprint, root), list(keys))
+            jobs[k] = Job(ext, FeatureCache(ext.fingerprint, root), list(keys), sink=sink)
         elif ext.kind == "image_text":
             texts = need.texts(rows)
             jobs[k] = Job(ext, FeatureCache(ext.fingerprint, root), [pair_key(i, t) for i, t in zip(keys, texts)],
-                          texts)
+                          texts, sink=sink)
     return jobs
 
 
@@ -208,18 +213,16 @@ def _paths(run, rows) -> list[Path]:
 
 def _extract(distinct: dict, rows, keys: list[str], paths: list[Path], root, opts: ScoreOptions):
     """Per image need: its values in row order (of the readable rows); which rows are readable; decoding failures."""
-    from k3eval.metrics.extract import run_jobs, stack
+    from k3eval.metrics.extract import run_jobs
 
-    jobs = _jobs(distinct, rows, keys, root)
+    jobs = _jobs(distinct, rows, keys, root, sinks=True)
     if not jobs:
         return {}, np.ones(len(rows), dtype=bool), []
     desc = ", ".join(dict.fromkeys(distinct[k].desc or "features" for k in jobs))
-    results, bad = run_jobs(list(jobs.values()), paths, opts.skip_bad, opts.progress, desc=desc)
-    readable = np.array([all(job.keys[i] in res for job, res in zip(jobs.values(), results))
-                         for i in range(len(rows))], dtype=bool)
-    values = {k: stack([res[job.keys[i]] for i in np.flatnonzero(readable)])
-              for (k, job), res in zip(jobs.items(), results)}
-    return values, readable, bad
+    readable, bad = run_jobs(list(jobs.values()), paths, opts.skip_bad, opts.progress, opts.workers, desc)
+    return {k: job.sink.result(readable) for k, job in jobs.items()}, readable, bad
+
+
 def _text_values(distinct: dict, rows, root) -> dict:
     """Per text need: its values in row order, each distinct text computed once (cached by its sha256)."""
     from k3eval.metrics.extract import extract_texts
@@ -251,18 +254,17 @@ def _distributed_prepass(opts: ScoreOptions, jobs: dict, paths: list[Path]) -> b
         mine = [Job(j.extractor, j.cache, [j.keys[i] for i in share],
                     None if j.texts is None else [j.texts[i] for i in share]) for j in jobs.values()]
         # unreadable images are left for rank 0, which reports them (or skips them with --skip-bad)
-        run_jobs(mine, [paths[i] for i in share], skip_bad=True)
+        run_jobs(mine, [paths[i] for i in share], skip_bad=True, workers=opts.workers)
     dist.barrier()
     return rank != 0
 
 
-def _resolve_reference(opts: ScoreOptions, slots: dict, root):
+def _resolve_reference(opts: ScoreOptions, slots: dict, root, features: bool = True):
     """--reference as a Reference holding the slots the metrics compare with, and the warnings that go with it: a
-    .npz file, or a folder of images / a run folder / synthetic:N (features extracted here, cached)."""
-    from k3eval.metrics.functional import gaussian_stats
-    from k3eval.metrics.inception import POOL_DIM
+    .npz file, or a folder of images / a run folder / synthetic:N (features extracted here, cached; only running
+    statistics of the Inception features are kept unless a metric needs the `features`)."""
     from k3eval.metrics.options import parse_synthetic, synthetic_reference_warning
-    from k3eval.metrics.reference import Reference, load_reference, reference_features, synthetic_reference_images
+    from k3eval.metrics.reference import load_reference, reference_from_images, synthetic_reference_images
 
     warnings = list(opts.reference_warnings)
     n = parse_synthetic(opts.reference, "--reference")
@@ -273,18 +275,10 @@ def _resolve_reference(opts: ScoreOptions, slots: dict, root):
         p = Path(opts.reference)
     if p.is_file():
         return load_reference(p, opts.reference_protocol), warnings
-    feats, skipped = reference_features(p, slots, root, opts.skip_bad, opts.progress)
-    warnings += skipped
-    if "inception" in feats:
-        pool = feats["inception"][:, :POOL_DIM]
-        mu, sigma = gaussian_stats(pool)
-        ref = Reference(mu, sigma, pool.shape[0], slots["inception"].fingerprint, str(p), features=pool)
-    else:
-        ref = Reference(np.zeros(POOL_DIM), np.zeros((POOL_DIM, POOL_DIM)), len(feats["clip"]), {}, str(p))
-    if "clip" in feats:
-        ref.clip_features = feats["clip"]
-        ref.clip_protocol = slots["clip"].fingerprint
-    return ref, warnings
+    ref = reference_from_images(p, slots, root, opts.skip_bad, opts.progress, features, opts.workers)
+    # images skipped in the reference concern every metric that compares with it (CMMD included), not FID/KID only
+    skipped, ref.warnings = ref.warnings, []
+    return ref, warnings + skipped
 
 
 def _entry(metric, res, n: int, base_proto: dict[str, Any], warnings: list[str]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ metrics:
   set_bootstrap: 0
   min_category: 50
   seed: 0
+  workers: null                                # decoding processes (null: one per CPU core, at most 4)
 ```
 `synthetic:N` makes N seeded structured 64x64 images as the reference: it exercises FID/KID/CMMD end to end
 without any real images, and the numbers mean nothing (every summary says so).
@@ -63,6 +64,7 @@ class MetricsSection(Strict):
     skip_bad: bool = False
     device: str | None = None
     batch_size: int = Field(default=32, ge=1)
+    workers: int | None = Field(default=None, ge=0)
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
@@ -103,7 +105,7 @@ def score_options(ctx, stage_runs_now: bool = True) -> ScoreOptions:
         bootstrap=sec.bootstrap, set_bootstrap=sec.set_bootstrap, seed=sec.seed, kid_subsets=sec.kid_subsets,
         kid_subset_size=sec.kid_subset_size, is_splits=sec.is_splits, min_category=sec.min_category,
         skip_bad=sec.skip_bad, allow_protocol_mismatch=sec.allow_protocol_mismatch,
-        device=sec.device or ctx.spec.device, batch_size=sec.batch_size, progress=ctx.progress,
+        device=sec.device or ctx.spec.device, batch_size=sec.batch_size, workers=sec.workers, progress=ctx.progress,
         settings=sec.settings)
     try:
         check_options(opts, reference_made_later=(sec.reference or "").startswith("run:") or not stage_runs_now)

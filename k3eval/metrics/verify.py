@@ -35,24 +35,27 @@ class FileHashes:
             except (json.JSONDecodeError, UnicodeDecodeError):
                 self._records = {}  # rebuilt by hashing again
 
-    def digest(self, path: str | Path) -> str:
-        """The file's sha256; BadImageError when it is missing or cannot be read."""
-        p = Path(path)
-        rel = os.path.relpath(p, self.folder)
+    def lookup(self, path: Path) -> tuple[str | None, tuple[int, int] | None]:
+        """(the recorded sha256 when size and mtime are unchanged, else None; (size, mtime_ns) to record after
+        hashing). BadImageError when the file is missing or cannot be read."""
         try:
-            st = p.stat()
+            st = path.stat()
         except FileNotFoundError:
-            raise BadImageError(p, "file not found") from None
+            raise BadImageError(path, "file not found") from None
         except OSError as e:
-            raise BadImageError(p, f"cannot read ({e.strerror})") from None
-        rec = self._records.get(rel)
+            raise BadImageError(path, f"cannot read ({e.strerror})") from None
+        rec = self._records.get(os.path.relpath(path, self.folder))
         if rec is not None and rec[0] == st.st_size and rec[1] == st.st_mtime_ns:
-            return rec[2]
+            return rec[2], None
+        return None, (st.st_size, st.st_mtime_ns)
+
+    def hash(self, path: Path, stat: tuple[int, int]) -> str:
+        """Hash the file and record it with the size and mtime it had before hashing."""
         try:
-            sha = sha256_file(p)
+            sha = sha256_file(path)
         except OSError as e:
-            raise BadImageError(p, f"cannot read ({e.strerror})") from None
-        self._records[rel] = [st.st_size, st.st_mtime_ns, sha]
+            raise BadImageError(path, f"cannot read ({e.strerror})") from None
+        self._records[os.path.relpath(path, self.folder)] = [*stat, sha]
         self._changed = True
         return sha
 
@@ -74,20 +77,34 @@ class Verified:
 
 def verify_images(folder: str | Path, paths: Sequence[Path], recorded: Sequence[str | None] | None = None,
                   cache_root: str | Path | None = None, workers: int = 4) -> Verified:
-    """Hash (or look up, when size and mtime are unchanged) every file of `paths`, which lie under `folder`."""
+    """Hash (or look up, when size and mtime are unchanged) every file of `paths`, which lie under `folder`. Files
+    are only stat'ed here; the ones to hash are hashed in `workers` threads."""
     hashes = FileHashes(folder, cache_root)
-
-    def one(p: Path):
+    keys: list[str | None] = [None] * len(paths)
+    errors: list[BadImageError | None] = [None] * len(paths)
+    todo: list[tuple[int, tuple[int, int]]] = []
+    for i, p in enumerate(paths):
         try:
-            return hashes.digest(p), None
+            keys[i], stat = hashes.lookup(Path(p))
         except BadImageError as e:
-            return None, e
+            errors[i] = e
+            continue
+        if keys[i] is None:
+            todo.append((i, stat))
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # hashlib releases the GIL on large buffers
-        results = list(pool.map(one, paths))
+    def one(item):
+        i, stat = item
+        try:
+            keys[i] = hashes.hash(Path(paths[i]), stat)
+        except BadImageError as e:
+            errors[i] = e
+
+    if todo:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # hashlib releases the GIL on large buffers
+            list(pool.map(one, todo))
     hashes.save()
-    out = Verified([k for k, _ in results], [e for _, e in results if e is not None])
+    out = Verified(keys, [e for e in errors if e is not None])
     if recorded is not None:
-        out.changed = [p for p, (k, _), r in zip(paths, results, recorded)
+        out.changed = [p for p, k, r in zip(paths, keys, recorded)
                        if k is not None and isinstance(r, str) and len(r) == 64 and r != k]
     return out

@@ -84,7 +84,21 @@ def test_clean_resize_equals_clean_fid():
 
     img = (np.random.default_rng(0).random((37, 53, 3)) * 255).astype(np.uint8)
     theirs = make_resizer("PIL", False, "bicubic", (299, 299))(img)  # H x W x C
-    np.testing.assert_array_equal(resize_clean(img), theirs.transpose(2, 0, 1))
+    np.testing.assert_array_equal(resize_clean(img), theirs)
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 3), (31, 97, 3), (512, 300, 3), (299, 299, 3), (600, 800, 3)])
+def test_tf_resize_equals_torch_fidelity_exactly(shape):
+    """The `tf` resize is computed in the order torch-fidelity computes it (width first, then height, float32), so
+    every value is the same to the last bit, down- and upscaling alike."""
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+    from k3eval.metrics.preprocess import inception_input
+
+    img = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    theirs = interpolate_bilinear_2d_like_tensorflow1x(torch.from_numpy(img).permute(2, 0, 1)[None].float(),
+                                                       size=(299, 299), align_corners=False)[0]
+    assert torch.equal(inception_input(img, "tf"), theirs)
 
 
 def test_clean_and_tf_protocols_differ(image_sets, inception_weights, tf_features):

@@ -187,7 +187,7 @@ def test_prepared_inputs_in_flight_stay_bounded(tmp_path):
     from metrics_helpers import smooth_images, write_pngs
 
     from k3eval.metrics.cache import FeatureCache
-    from k3eval.metrics.extract import Job, run_jobs
+    from k3eval.metrics.extract import ArraySink, Job, run_jobs
 
     paths = write_pngs(tmp_path / "imgs", smooth_images(60, 16, seed=3))
     live = {"now": 0, "max": 0}
@@ -208,9 +208,10 @@ def test_prepared_inputs_in_flight_stay_bounded(tmp_path):
                 live["now"] -= len(batch)
             return np.array(batch, np.float32)[:, None]
 
-    (values,), bad = run_jobs([Job(Counting(), FeatureCache({"e": 1}, None), [str(i) for i in range(60)])], paths,
-                              workers=2)
-    assert len(values) == 60 and not bad
+    sink = ArraySink(60)
+    readable, bad = run_jobs([Job(Counting(), FeatureCache({"e": 1}, None), [str(i) for i in range(60)], sink=sink)],
+                             paths, workers=2)
+    assert readable.all() and not bad and sink.result().shape == (60, 1)
     assert live["max"] <= 3 * Counting.batch_size + 2
 
 

@@ -45,6 +45,7 @@ BAD = [
     ("good", ["--metrics", "fid", "--reference", "synthetic:x"], "'synthetic:N' needs an integer N >= 2"),
     ("good", ["--protocol", "bilinear"], "--protocol: unknown value 'bilinear'; accepted: clean, tf"),
     ("good", ["--dtype", "float16"], "--dtype: unknown value 'float16'"),
+    ("good", ["--workers", "-1"], "--workers"),
     ("good", ["--set", "clip_score.scale=2"], "clip_score takes no settings"),
     ("good", ["--set", "scale=2"], "--set scale=2: name the metric and its setting, as NAME.KEY=VALUE"),
     ("good", ["--metrics", "is", "--set", "fid.x=1"], "'fid' is not among the metrics scored (is)"),

@@ -189,8 +189,11 @@ class Geneval(Metric):
         o = ctx.opts
         clip = clip_image_need(ctx, "open_clip", s.clip_model, s.clip_pretrained, "GenEval colour CLIP").extractor
         det = ctx.shared(make_detector, s, o.device)
-        rules = s.rules()
-        ext = ctx.shared(GenevalDetections, det, clip, rules.floor, rules.max_objects, s.batch_size or o.batch_size)
+        rules, default = s.rules(), R.Rules()
+        # stored: everything the default rules could use, or more when the rules ask for more, so that stricter
+        # settings rescore from the cache
+        floor, cap = min(rules.floor, default.floor), max(rules.max_objects, default.max_objects)
+        ext = ctx.shared(GenevalDetections, det, clip, floor, cap, s.batch_size or o.batch_size)
         return {"detections": Need(ext, text=colour_text, desc="GenEval detections")}
 
     def compute(self, data: ScoreData) -> MetricResult:

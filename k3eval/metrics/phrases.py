@@ -12,8 +12,9 @@ the same interface:
   non-space character alone (as spaCy splits these prompts). Tags, first match wins: determiners, number words,
   coordinating conjunctions, prepositions, auxiliaries and listed verbs (plus words ending in -ing/-ed that are not
   listed adjectives), listed adjectives (colours, shapes, materials, textures, sizes and common descriptive words),
-  punctuation; every other word is a NOUN. A noun chunk is a maximal run of determiners, numbers, adjectives and
-  nouns that ends at its last noun; a determiner or number after a noun starts a new chunk.
+  punctuation; every other word is a NOUN. A noun chunk is a maximal run of determiners, numbers, adjectives (commas
+  between adjectives included) and nouns that ends at its last noun; a determiner or number after a noun starts a
+  new chunk.
 
 T2I-CompBench's attribute prompts are mostly "a(n) ADJ NOUN and a(n) ADJ NOUN", where both give the same chunks;
 when spaCy is available the score records how many prompts the two parse differently (`compare_parsers`).
@@ -121,10 +122,12 @@ class RuleParser:
                 chunks.append(list(cur))
             cur.clear()
 
-        for t in toks:
+        for i, t in enumerate(toks):
             if t.pos in ("DET", "NUM") and any(c.pos == "NOUN" for c in cur):
                 close()
-            if t.pos in ("DET", "NUM", "ADJ", "NOUN"):
+            between_adjectives = (t.text == "," and cur and cur[-1].pos == "ADJ" and i + 1 < len(toks)
+                                  and toks[i + 1].pos == "ADJ")
+            if t.pos in ("DET", "NUM", "ADJ", "NOUN") or between_adjectives:
                 cur.append(t)
             else:
                 close()

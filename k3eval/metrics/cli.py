@@ -118,7 +118,7 @@ def cmd_export_geneval(args) -> int:
 
     done = export_geneval(args.run_dir, args.out, force=args.force)
     print(f"{args.out}: {done['images']} images of {done['prompts']} prompts in GenEval's layout "
-          "(<index>/metadata.jsonl, <index>/samples/NNNNN.png); score them with GenEval's evaluation/evaluate_images.py")
+          "(<index>/metadata.jsonl, <index>/samples/NNNNN.png), for GenEval's evaluation/evaluate_images.py")
     return 0
 
 

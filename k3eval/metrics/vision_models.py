@@ -34,7 +34,7 @@ from k3eval.errors import UserError
 from k3eval.metrics.weights import SYNTHETIC, weights_dir
 from k3eval.utils import file_lock, sha256_file
 
-SYNTHETIC_VISION_VERSION = "v1"  # bump when a builder below changes, so cached folders are rebuilt
+SYNTHETIC_VISION_VERSION = "v2"  # bump when a builder below changes, so cached folders are rebuilt
 MMDET_SIZE = (1333, 800)
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -530,23 +530,28 @@ class BlipVqa:
         yes, no = tok.convert_tokens_to_ids("yes"), tok.convert_tokens_to_ids("no")
         start = tok.convert_tokens_to_ids(self.start_token())
         need = sorted({i for i, _ in pairs})
+        row = {i: k for k, i in enumerate(need)}
+        ids = tok([q for _, q in pairs], truncation=True, max_length=35)["input_ids"]
+        # Questions of one length at a time: transformers' BLIP text decoder ignores `encoder_attention_mask` (tested
+        # with 5.24), so padded positions would leak into its cross-attention; BLIP's own code masks them.
+        by_length: dict[int, list[int]] = {}
+        for k, seq in enumerate(ids):
+            by_length.setdefault(len(seq), []).append(k)
+        p = np.zeros(len(pairs), np.float32)
         with torch.inference_mode():
             emb = model.vision_model(pixel_values=torch.stack([images[i] for i in need]).to(self.device),
                                      interpolate_pos_encoding=True)[0]
-            row = {i: k for k, i in enumerate(need)}
-            enc = tok([q for _, q in pairs], padding="longest", truncation=True, max_length=35, return_tensors="pt")
-            ids = enc["input_ids"].clone()
-            ids[:, 0] = start
-            img = emb[[row[i] for i, _ in pairs]]
-            q = model.text_encoder(input_ids=ids.to(self.device), attention_mask=enc["attention_mask"].to(self.device),
-                                   encoder_hidden_states=img,
-                                   encoder_attention_mask=torch.ones(img.shape[:2], dtype=torch.long,
-                                                                     device=self.device), return_dict=False)[0]
-            bos = torch.full((len(pairs), 1), cfg.bos_token_id, dtype=torch.long, device=self.device)
-            logits = model.text_decoder(input_ids=bos, encoder_hidden_states=q,
-                                        encoder_attention_mask=enc["attention_mask"].to(self.device)).logits[:, 0]
-            prob = logits.float().softmax(-1)
-            p = (prob[:, yes] / (prob[:, yes] + prob[:, no])).cpu().numpy()
+            for group in by_length.values():
+                x = torch.tensor([ids[k] for k in group], device=self.device)
+                x[:, 0] = start
+                img = emb[[row[pairs[k][0]] for k in group]]
+                q = model.text_encoder(input_ids=x, attention_mask=torch.ones_like(x), encoder_hidden_states=img,
+                                       encoder_attention_mask=torch.ones(img.shape[:2], dtype=torch.long,
+                                                                         device=self.device), return_dict=False)[0]
+                bos = torch.full((len(group), 1), cfg.bos_token_id, dtype=torch.long, device=self.device)
+                logits = model.text_decoder(input_ids=bos, encoder_hidden_states=q).logits[:, 0]
+                prob = logits.float().softmax(-1)
+                p[group] = (prob[:, yes] / (prob[:, yes] + prob[:, no])).cpu().numpy()
         for k, (i, _) in enumerate(pairs):
             out[i] = np.append(out[i], np.float32(p[k]))
         return out
@@ -640,7 +645,8 @@ def _build_grounding_dino(folder: Path) -> None:
         model.model.decoder.layer_norm.weight.mul_(0.15)
         model.model.decoder.layer_norm.bias.mul_(0.15)
     model.save_pretrained(folder)
-    images = GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
+    # 128 px: the stride-64 feature level stays above 1 x 1 (its group norm needs more than one value per group)
+    images = GroundingDinoImageProcessor(size={"shortest_edge": 128, "longest_edge": 192})
     GroundingDinoProcessor(image_processor=images, tokenizer=tok).save_pretrained(folder)
 
 

@@ -499,7 +499,8 @@ class BlipVqa:
     @property
     def fingerprint(self) -> dict[str, Any]:
         return {**self.ref.fingerprint, "vqa": "transformers BlipForQuestionAnswering", "image_size": self.image_size,
-                "resize": "PIL bicubic to a square, CLIP mean/std", "question_start": self.start_token(),
+                "resize": "PIL bicubic to a square, CLIP mean/std",
+                "question_start": "[ENC] (BLIP's), [CLS] when the tokenizer has no [ENC]",
                 "answer": "p(yes) / (p(yes) + p(no)) at the first decoder step", "max_question_tokens": 35}
 
     def model(self):

@@ -152,3 +152,14 @@ def test_blip_answers_do_not_depend_on_the_other_questions_of_a_batch():
     alone = blip.yes_probability([a], [["a blue bench?"]])[0]
     mixed = blip.yes_probability([a, b], [["a blue bench?", "a green bench with a long tail?"], ["a cup?"]])
     assert mixed[0][0] == pytest.approx(alone[0], abs=1e-6) and len(mixed[0]) == 2 and len(mixed[1]) == 1
+
+
+def test_questions_start_with_blips_enc_token_when_the_tokenizer_has_it(tmp_path):
+    from transformers import BertTokenizer
+
+    blip = V.BlipVqa(V.resolve_model("blip_vqa", "synthetic", "x"), "x")
+    assert blip.start_token() == "[ENC]"
+    (tmp_path / "vocab.txt").write_text("\n".join(V._vocab()) + "\n")
+    BertTokenizer(str(tmp_path / "vocab.txt")).save_pretrained(tmp_path)
+    plain = V.BlipVqa(V.ModelRef("blip_vqa", str(tmp_path)), "x")
+    assert plain.start_token() == "[CLS]"

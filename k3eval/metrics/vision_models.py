@@ -239,42 +239,53 @@ class Mask2FormerDetector:
         for i, (x, _) in enumerate(prepared):
             groups.setdefault((-(-x.shape[1] // 32) * 32, -(-x.shape[2] // 32) * 32), []).append(i)
         model = self.model()
-        for (ph, pw), idx in groups.items():
-            batch = torch.zeros((len(idx), 3, ph, pw))
+        for padded, idx in groups.items():
+            batch = torch.zeros((len(idx), 3, *padded))
             for j, i in enumerate(idx):
                 x = prepared[i][0]
                 batch[j, :, :x.shape[1], :x.shape[2]] = x
             with torch.inference_mode():
                 res = model(pixel_values=batch.to(self.device))
+            # images of the same resized and original size are post-processed together
+            same: dict[tuple, list[int]] = {}
             for j, i in enumerate(idx):
-                x, size = prepared[i]
-                out[i] = self._postprocess(res.class_queries_logits[j], res.masks_queries_logits[j],
-                                           (ph, pw), tuple(x.shape[1:]), size, floor)
+                same.setdefault((tuple(prepared[i][0].shape[1:]), tuple(prepared[i][1])), []).append(j)
+            for (resized, original), js in same.items():
+                found = self._postprocess(res.class_queries_logits[js], res.masks_queries_logits[js], padded,
+                                          resized, original, floor)
+                for j, d in zip(js, found):
+                    out[idx[j]] = d
         return out
 
-    def _postprocess(self, cls_logits, mask_logits, padded, resized, original, floor: float) -> Detections:
+    def _postprocess(self, cls_logits, mask_logits, padded, resized, original, floor: float) -> list[Detections]:
+        """mmdet's instance post-processing of a batch of images of one size (class logits B x Q x C+1, mask logits
+        B x Q x h x w), keeping detections scoring above `floor`."""
+        import torch
         import torch.nn.functional as F
 
-        probs = cls_logits.float().softmax(-1)[:, :-1]
-        n_cls = probs.shape[1]
-        scores, top = probs.flatten().topk(min(self.max_per_image, probs.numel()))
+        probs = cls_logits.float().softmax(-1)[..., :-1]
+        n_img, _, n_cls = probs.shape
+        scores, top = probs.flatten(1).topk(min(self.max_per_image, probs[0].numel()), dim=1)
         # a detection's score is its class probability times a mask score <= 1: below the floor nothing can pass
-        keep = scores > floor
-        scores, top = scores[keep], top[keep]
+        image, rank = torch.nonzero(scores > floor, as_tuple=True)
+        scores, top = scores[image, rank], top[image, rank]
         labels, queries = top % n_cls, top // n_cls
         h, w = original
-        if len(top) == 0:
-            return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64),
-                              np.zeros((0, h, w), bool))
-        m = mask_logits[queries].float()[None]
-        m = F.interpolate(m, size=padded, mode="bilinear", align_corners=False)[:, :, :resized[0], :resized[1]]
-        m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)[0]
-        binary = m > 0
-        mask_score = (m.sigmoid() * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
-        det = scores * mask_score
-        ok = det > floor
-        return Detections(mask_boxes(binary[ok]).cpu().numpy(), det[ok].cpu().numpy(),
-                          labels[ok].cpu().numpy().astype(np.int64), binary[ok].cpu().numpy())
+        if len(top):
+            m = mask_logits[image, queries].float()[None]
+            m = F.interpolate(m, size=padded, mode="bilinear", align_corners=False)[:, :, :resized[0], :resized[1]]
+            m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)[0]
+            binary = m > 0
+            mask_score = (m.sigmoid() * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+            det = scores * mask_score
+            ok = det > floor
+            image, det, labels, binary = image[ok], det[ok], labels[ok], binary[ok]
+        else:
+            det, binary = scores, torch.zeros((0, h, w), dtype=torch.bool)
+        boxes, det = mask_boxes(binary).cpu().numpy(), det.cpu().numpy()
+        labels, binary, image = labels.cpu().numpy().astype(np.int64), binary.cpu().numpy(), image.cpu().numpy()
+        return [Detections(boxes[image == b], det[image == b], labels[image == b], binary[image == b])
+                for b in range(n_img)]
 
 
 class MmdetDetector:

@@ -26,8 +26,9 @@ class _Crops:
         return R.masked_crop(self.image, mask, box)
 
 
-def official_loop(paths, metas, detector, clip_encoder, rules: R.Rules = R.Rules(), workers: int = 4):
-    """(correct, reason) per image."""
+def official_loop(paths, metas, detector, clip_encoder, rules: R.Rules = R.Rules(), workers: int = 4,
+                  stats: dict | None = None):
+    """(correct, reason) per image; `stats["loaders"]` counts the DataLoaders built (one per decided colour clause)."""
     import torch
 
     from k3eval.metrics.preprocess import load_rgb8
@@ -56,6 +57,8 @@ def official_loop(paths, metas, detector, clip_encoder, rules: R.Rules = R.Rules
                 texts = [t.format(c=c, obj=name) for c in R.COLORS for t in R.COLOR_TEMPLATES]
                 emb = clip_encoder.encode_texts(texts).reshape(len(R.COLORS), len(R.COLOR_TEMPLATES), -1)
                 classifiers[name] = R.zero_shot_weights(emb)
+            if stats is not None:
+                stats["loaders"] = stats.get("loaders", 0) + 1
             loader = torch.utils.data.DataLoader(_Crops(image, [(dets[i, R.BOX], masks[i]) for i in found]),
                                                  batch_size=16, num_workers=workers, collate_fn=list)
             logits = [R.zero_shot_logits(clip_encoder.encode_images(batch), classifiers[name]) for batch in loader]

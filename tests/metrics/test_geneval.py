@@ -247,7 +247,7 @@ def test_mask2former_post_processing_on_hand_made_outputs():
     cls = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.0, 4.0]])  # query 0: class 0 (p = e^4 / (e^4 + 2)); query 1: none
     masks = torch.full((2, 2, 2), -5.0)
     masks[0, 0, 0] = 5.0
-    out = det._postprocess(cls, masks, padded=(4, 4), resized=(4, 4), original=(4, 4), floor=0.3)
+    (out,) = det._postprocess(cls[None], masks[None], padded=(4, 4), resized=(4, 4), original=(4, 4), floor=0.3)
     p = np.exp(4) / (np.exp(4) + 2)
     # bilinear 2 -> 4 (half-pixel): only the top-left 2 x 2 pixels stay above 0 (values 5, 2.5, 2.5, 0.625)
     expected_mask = np.zeros((4, 4), bool)
@@ -257,4 +257,11 @@ def test_mask2former_post_processing_on_hand_made_outputs():
     np.testing.assert_array_equal(out.masks[0], expected_mask)
     np.testing.assert_allclose(out.boxes, [[0, 0, 2, 2]])
     np.testing.assert_allclose(out.scores, [p * sig.mean()], rtol=1e-5)
-    assert len(det._postprocess(cls, masks, (4, 4), (4, 4), (4, 4), floor=0.99).scores) == 0
+    assert len(det._postprocess(cls[None], masks[None], (4, 4), (4, 4), (4, 4), floor=0.99)[0].scores) == 0
+    # two images at once, the second with its queries swapped: each gets the same detection as alone
+    both = det._postprocess(torch.stack([cls, cls.flip(0)]), torch.stack([masks, masks.flip(0)]), (4, 4), (4, 4),
+                            (4, 4), 0.3)
+    for d in both:
+        np.testing.assert_allclose(d.scores, out.scores)
+        np.testing.assert_array_equal(d.masks, out.masks)
+        assert d.boxes.tolist() == [[0, 0, 2, 2]] and d.labels.tolist() == [0]

@@ -9,12 +9,14 @@ the same interface:
 
 - `SpacyParser`: spaCy's `en_core_web_sm` when both are installed (the official rule);
 - `RuleParser`: a documented rule-based stand-in with no model. Tokens: runs of letters/digits, every other
-  non-space character alone (as spaCy splits these prompts). Tags, first match wins: determiners, number words,
-  coordinating conjunctions, prepositions, auxiliaries and listed verbs (plus words ending in -ing/-ed that are not
-  listed adjectives), listed adjectives (colours, shapes, materials, textures, sizes and common descriptive words),
-  punctuation; every other word is a NOUN. A noun chunk is a maximal run of determiners, numbers, adjectives (commas
-  between adjectives included) and nouns that ends at its last noun; a determiner or number after a noun starts a
-  new chunk.
+  non-space character alone (as spaCy splits these prompts). Tags, first match wins: punctuation, determiners, number
+  words, coordinating conjunctions, prepositions, listed pronouns/adverbs/subordinators, auxiliaries and listed verbs
+  (with their -s/-es forms), listed adjectives (colours, shapes, materials, textures, sizes, common descriptive
+  words), words ending in -ing/-ed (verbs, except right after a determiner, number or adjective, where they are
+  nouns); every other word is a NOUN. A noun chunk is a maximal run of determiners, numbers, adjectives (commas
+  between adjectives included) and nouns that ends at its last noun (a run of adjectives after a determiner without
+  a noun takes its last word as the noun: "a brown orange"); a determiner or number after a noun starts a new
+  chunk.
 
 T2I-CompBench's attribute prompts are mostly "a(n) ADJ NOUN and a(n) ADJ NOUN", where both give the same chunks;
 when spaCy is available the score records how many prompts the two parse differently (`compare_parsers`).
@@ -34,13 +36,21 @@ PREPOSITIONS = frozenset(
     "of on in at with by from to into onto under over near beside besides behind above below across against along "
     "among around before after between beyond during for inside outside through toward towards upon within without "
     "underneath beneath atop past off like amid via".split())
+_VERB_STEMS = (
+    "sit stand lie lay hang rest hold serve mix write read eat drink play run walk fly swim look watch make take give "
+    "cover contrast support provide create melt blow pour bloom graze perch zoom drip simmer roll cook drape snake "
+    "sing shine grow rise sparkle control flow struggle carry wear ride lean float glow cast fill reflect surround "
+    "decorate adorn chase jump climb sleep dance paint draw open close wait hide stay keep see show").split()
+#: auxiliaries, irregular forms and listed verbs with their -s and -es forms (-ed and -ing words are verbs by suffix)
 VERBS = frozenset(
     "is are was were be been being am has have had does do did can could will would should may might must "
-    "lay lies sat sits stood stands hung hangs rose rises shone shines grew grows ran runs flew flies swam swims "
-    "held holds rests covers contrasts supported supports provided provides created creates melted melts blew "
-    "blows poured pours bloomed blooms grazed grazes perched perches zoomed zooms dripped drips simmered simmers "
-    "rolled rolls cooked cooks draped drapes snaked snakes sang sings ate eats drank drinks made makes gave gives "
-    "took takes saw sees".split())
+    "lay lies sat stood hung rose shone grew ran flew swam held ate drank made gave took saw hidden seen given "
+    "taken worn drawn thrown grown shown written eaten fallen sung".split()
+    + _VERB_STEMS + [v + "s" for v in _VERB_STEMS] + [v + "es" for v in _VERB_STEMS])
+#: words that end a noun chunk and are neither verbs nor prepositions (pronouns, adverbs, subordinators)
+OTHERS = frozenset(
+    "which who whom whose while when where whereas because although though if as than so then there here he she it "
+    "they we you i him them us me up down nearby next together very too also not only most more just still".split())
 ADJECTIVES = frozenset(
     # colours
     "red orange yellow green blue purple pink brown black white gray grey silver gold golden beige tan cream teal "
@@ -95,6 +105,8 @@ class RuleParser:
             return "CCONJ"
         if w in PREPOSITIONS:
             return "ADP"
+        if w in OTHERS:
+            return "ADV"
         if w in VERBS:
             return "VERB"
         if w in ADJECTIVES:
@@ -104,10 +116,15 @@ class RuleParser:
         return "NOUN"
 
     def tokens(self, text: str) -> list[Token]:
-        out = []
+        out: list[Token] = []
         for m in _TOKEN.finditer(text):
             space = m.end() < len(text) and text[m.end()].isspace()
-            out.append(Token(m.group(), self._pos(m.group()), space))
+            pos = self._pos(m.group())
+            # an -ing/-ed word right after a determiner, number or adjective names a thing ("a short sapling", "the
+            # circular steering wheel"), it is not the verb
+            if pos == "VERB" and m.group().lower() not in VERBS and out and out[-1].pos in ("DET", "NUM", "ADJ"):
+                pos = "NOUN"
+            out.append(Token(m.group(), pos, space))
         return out
 
     def noun_chunks(self, text: str) -> list[str]:
@@ -116,6 +133,8 @@ class RuleParser:
         cur: list[Token] = []
 
         def close():
+            if cur and not any(c.pos == "NOUN" for c in cur) and cur[-1].pos == "ADJ" and len(cur) > 1:
+                cur[-1] = Token(cur[-1].text, "NOUN", cur[-1].space)  # "a brown orange": the last word is the noun
             while cur and cur[-1].pos != "NOUN":
                 cur.pop()
             if cur:

@@ -305,12 +305,12 @@ class MmdetDetector:
                             f"got {config!r} and {checkpoint!r}")
         self.config, self.checkpoint, self.device = config, checkpoint, device
         self._model = None
+        self._fp = {"detector": "mmdet", "mmdet": metadata.version("mmdet"), "config": Path(config).name,
+                    "weights": Path(checkpoint).name, "sha256": sha256_file(checkpoint), "synthetic_weights": False}
 
     @property
     def fingerprint(self) -> dict[str, Any]:
-        return {"detector": "mmdet", "mmdet": metadata.version("mmdet"), "config": Path(self.config).name,
-                "weights": Path(self.checkpoint).name, "sha256": sha256_file(self.checkpoint),
-                "synthetic_weights": False}
+        return self._fp
 
     def model(self):
         if self._model is None:

@@ -77,3 +77,25 @@ def test_spacy_is_preferred_when_installed(monkeypatch):
     assert used is spacy and used.name == "spacy core_web_sm 3.8.0"
     assert used.noun_chunks("a red car and a blue cup") == ["a red car", "a blue cup"]
     assert isinstance(phrases.get_parser("rules")[0], RuleParser)
+
+
+@pytest.mark.parametrize(("prompt", "chunks"), [
+    ("a red horse and a brown orange", ["a red horse", "a brown orange"]),   # a colour word as the noun
+    ("a short sapling and a tall tree", ["a short sapling", "a tall tree"]),  # -ing after an adjective: a noun
+    ("a balloon hidden by a candle", ["a balloon", "a candle"]),
+    ("The wooden spoon and metallic ladle serve the fluffy soup", ["The wooden spoon", "metallic ladle",
+                                                                   "the fluffy soup"]),
+    ("A man in a black jacket standing in a kitchen next to a gray dog",
+     ["A man", "a black jacket", "a kitchen", "a gray dog"]),
+])
+def test_rule_based_noun_chunks_edge_cases(prompt, chunks):
+    assert RuleParser().noun_chunks(prompt) == chunks
+
+
+def test_rule_based_chunk_counts_on_the_attribute_prompts():
+    """Most attribute prompts are "a(n) ADJ NOUN and a(n) ADJ NOUN": two chunks each."""
+    from k3eval.metrics.t2i_compbench import shipped_prompts
+
+    counts = [len(RuleParser().noun_chunks(t)) for t, c in shipped_prompts().values() if c in ("color", "shape",
+                                                                                                 "texture")]
+    assert counts.count(2) / len(counts) > 0.75 and min(counts) >= 1

@@ -24,6 +24,7 @@ def test_benchmarks_name_the_metric_with_valid_settings(name, metric):
     assert metric in opts.metrics and metric in opts.settings
 
 
+@pytest.mark.slow
 def test_smoke_geneval_generates_and_scores(tmp_path):
     ctx = run_benchmark(ROOT / "benchmarks" / "smoke_geneval.yaml", stages=["generate", "score"], limit=6,
                         progress=False, root=tmp_path)

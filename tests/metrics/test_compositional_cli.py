@@ -36,6 +36,7 @@ def runs(tmp_path_factory):
     return {"ge": ge, "cb": cb, "parti": make_run(root / "parti", n_prompts=2, samples=1), "root": root}
 
 
+@pytest.mark.slow
 def test_score_export_and_import_from_the_command_line(runs):
     r = k3eval("score", runs["ge"], "--metrics", "geneval", *TINY, "--quiet", "--bootstrap", "50")
     assert r.returncode == 0, r.stderr
@@ -54,6 +55,7 @@ def test_score_export_and_import_from_the_command_line(runs):
     assert a["value"] == b["value"] and a["tasks"] == b["tasks"]
 
 
+@pytest.mark.slow
 def test_t2i_compbench_from_the_command_line(runs):
     r = k3eval("score", runs["cb"], "--metrics", "t2i_compbench", "--set", "t2i_compbench.vqa_model=synthetic",
                "--set", "t2i_compbench.detector=synthetic", "--set", "t2i_compbench.depth_model=synthetic",

@@ -7,9 +7,23 @@ from __future__ import annotations
 
 
 def cmd_import(args) -> int:
+    from k3eval.errors import UserError
     from k3eval.importer import import_images
     from k3eval.prompts import load_prompt_set
 
+    if args.layout == "geneval":
+        from k3eval.metrics.geneval_layout import import_geneval
+
+        if args.mapping or args.prompts not in (None, "geneval"):
+            raise UserError("--layout geneval: the folder's metadata.jsonl files give the prompts; leave out "
+                            "--mapping and --prompts (or pass --prompts geneval)")
+        report = import_geneval(args.images_dir, args.out, name=args.name, version=args.version, date=args.date,
+                                force=args.force, allow_missing=not args.strict, progress=True)
+        print("\n".join(report.lines()))
+        return 0
+    if not args.mapping or not args.prompts:
+        raise UserError("import needs --mapping CSV and --prompts SET (or --layout geneval for a folder in GenEval's "
+                        "layout)")
     prompts = load_prompt_set(args.prompts).select(categories=args.categories, per_category=args.per_category,
                                                    limit=args.limit, seed=args.selection_seed)
     report = import_images(args.images_dir, args.mapping, prompts, args.out, name=args.name, version=args.version,
@@ -48,9 +62,12 @@ def register(subparsers) -> None:
                               "mapping row names a prompt of the set and a file inside IMAGES_DIR).")
     p.add_argument("images_dir", metavar="IMAGES_DIR", help="folder holding the images (paths in the mapping are "
                    "relative to it)")
-    p.add_argument("--mapping", required=True, help="CSV with columns file, prompt_id or prompt (exact text), and "
-                   "optional sample (default 0)")
-    p.add_argument("--prompts", required=True, help="the prompt set the images answer (same spec as generate)")
+    p.add_argument("--mapping", help="CSV with columns file, prompt_id or prompt (exact text), and optional sample "
+                   "(default 0); not with --layout")
+    p.add_argument("--prompts", help="the prompt set the images answer (same spec as generate)")
+    p.add_argument("--layout", choices=["geneval"], default=None,
+                   help="geneval: IMAGES_DIR is laid out as GenEval's (<index>/metadata.jsonl, "
+                   "<index>/samples/NNNNN.png); prompts and mapping come from it")
     add_prompt_selection(p)
     p.add_argument("--name", required=True, help="system name recorded in run.json (e.g. dall-e-3)")
     p.add_argument("--version", default=None, help="system version (e.g. 'API 2024-02')")

@@ -120,6 +120,15 @@ def cmd_reference_build(args) -> int:
     return 0
 
 
+def cmd_export_geneval(args) -> int:
+    from k3eval.metrics.geneval_layout import export_geneval
+
+    done = export_geneval(args.run_dir, args.out, force=args.force)
+    print(f"{args.out}: {done['images']} images of {done['prompts']} prompts in GenEval's layout "
+          "(<index>/metadata.jsonl, <index>/samples/NNNNN.png), for GenEval's evaluation/evaluate_images.py")
+    return 0
+
+
 def register(sub) -> None:
     from k3eval.metrics.registry import metric_names
 
@@ -163,3 +172,12 @@ def register(sub) -> None:
                    "of images; serves FID, not KID)")
     add_protocol_args(b)
     b.set_defaults(func=cmd_reference_build)
+
+    e = sub.add_parser("export", help="write a run in a benchmark's own folder layout, for its official scorer")
+    esub = e.add_subparsers(dest="export_command", metavar="LAYOUT", required=True, parser_class=type(e))
+    g = esub.add_parser("geneval", help="a run of the geneval prompt set -> <index>/metadata.jsonl + "
+                        "<index>/samples/NNNNN.png (the layout GenEval's evaluate_images.py reads)")
+    g.add_argument("run_dir", metavar="RUN_DIR")
+    g.add_argument("--out", required=True, help="folder to create")
+    g.add_argument("--force", action="store_true", help="replace an existing folder at --out")
+    g.set_defaults(func=cmd_export_geneval)

@@ -19,6 +19,8 @@ BUILTIN: dict[str, str] = {
     "kid": "k3eval.metrics.inception_metrics:Kid",
     "is": "k3eval.metrics.inception_metrics:InceptionScore",
     "cmmd": "k3eval.metrics.clip_metrics:Cmmd",
+    "geneval": "k3eval.metrics.geneval:Geneval",
+    "t2i_compbench": "k3eval.metrics.t2i_compbench:T2ICompBench",
 }
 _REGISTRY: dict[str, str | type[Metric]] = dict(BUILTIN)
 

@@ -55,3 +55,28 @@ def make_run(path: Path, n_prompts: int = 6, samples: int = 2, size: int = 48, s
     run.write_info({"generator": {"name": "fake"}, "prompt_set": {"name": "test", "hash": "abc"},
                     "run_name": path.name})
     return path
+
+
+def make_set_run(path: Path, prompt_set: str, prompt_ids: list[str], samples: int = 2, size: int = 64,
+                 seed: int = 0) -> Path:
+    """A run folder of a built-in prompt set (real prompt ids, texts and categories) with seeded images."""
+    from k3eval.prompts import load_prompt_set
+    from k3eval.runs import RunFolder
+
+    prompts = load_prompt_set(prompt_set).by_id()
+    run = RunFolder(path)
+    imgs = smooth_images(len(prompt_ids) * samples, size, seed)
+    rows = []
+    for i, pid in enumerate(prompt_ids):
+        p = prompts[pid]
+        for s in range(samples):
+            rel, sha, nbytes = run.write_image(pid, s, imgs[i * samples + s])
+            rows.append({"prompt_set": prompt_set, "prompt_id": pid, "prompt": p.text, "category": p.category,
+                         "sample": s, "seed": i * 10 + s, "path": rel, "width": size, "height": size, "steps": 1,
+                         "guidance": 1.0, "seconds": 0.0, "status": "ok", "sha256": sha, "bytes": nbytes,
+                         "generator": "fake"})
+    run.append_rows("w0", rows)
+    run.consolidate()
+    run.write_info({"generator": {"name": "fake"}, "prompt_set": {"name": prompt_set, "hash": "abc"},
+                    "run_name": path.name})
+    return path

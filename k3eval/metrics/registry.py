@@ -19,6 +19,11 @@ BUILTIN: dict[str, str] = {
     "kid": "k3eval.metrics.inception_metrics:Kid",
     "is": "k3eval.metrics.inception_metrics:InceptionScore",
     "cmmd": "k3eval.metrics.clip_metrics:Cmmd",
+    "pickscore": "k3eval.metrics.pickscore:PickScore",
+    "hpsv21": "k3eval.metrics.hps:HpsV21",
+    "imagereward": "k3eval.metrics.imagereward:ImageReward",
+    "aesthetic": "k3eval.metrics.aesthetic:Aesthetic",
+    "vqascore": "k3eval.metrics.vqascore:VqaScore",
 }
 _REGISTRY: dict[str, str | type[Metric]] = dict(BUILTIN)
 

@@ -162,7 +162,11 @@ class HpsImages(ImageExtractor):
             if not isinstance(state, dict):
                 raise UserError(f"{self.path}: expected a checkpoint with a 'state_dict' (HPS layout)")
             state = {k.removeprefix("module."): v for k, v in state.items()}
-            result = net.load_state_dict(state, strict=False)
+            try:
+                result = net.load_state_dict(state, strict=False)
+            except RuntimeError as e:  # tensors of other shapes
+                raise UserError(f"{self.path} does not fit open_clip {self.arch}: {str(e).splitlines()[-1].strip()}"
+                                ) from None
             if result.missing_keys or result.unexpected_keys:
                 raise UserError(f"{self.path} does not fit open_clip {self.arch}: {len(result.missing_keys)} missing "
                                 f"keys (e.g. {', '.join(result.missing_keys[:3])}), {len(result.unexpected_keys)} "

@@ -10,6 +10,7 @@ when one of them changes.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from k3eval.errors import UserError
@@ -43,7 +44,7 @@ def hub_folder(repo_id: str, option: str, weights: bool = True) -> Path:
     p = Path(repo_id).expanduser()
     if p.is_dir():
         return p
-    if p.suffix or repo_id.startswith((".", "/", "~")) or repo_id.count("/") != 1:
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", repo_id):
         raise UserError(f"{option}: {repo_id!r} is neither a folder nor a Hugging Face repo id (owner/name)")
     from huggingface_hub import snapshot_download
 

@@ -149,7 +149,11 @@ class Blip:
         problems = list(unused)
         for name, module, sd in (("visual encoder", self.vision, vision), ("text encoder", self.text, text),
                                  ("reward head", self.head, head)):
-            res = module.load_state_dict(sd, strict=False)
+            try:
+                res = module.load_state_dict(sd, strict=False)
+            except RuntimeError as e:  # tensors of other shapes
+                raise UserError(f"{path} does not fit the ImageReward {name} ({str(e).splitlines()[-1].strip()})"
+                                ) from None
             problems += [f"{name}: missing {k}" for k in res.missing_keys]
             problems += [f"{name}: unexpected {k}" for k in res.unexpected_keys]
         if problems:
@@ -339,6 +343,10 @@ def synthetic_imagereward(seed: int = 0) -> tuple[Path, Path, Path]:
                 torch.nn.init.zeros_(lin.bias)
             # random position embeddings are tiny at initialisation; scaled up so that images differ in reward
             vision.embeddings.position_embedding.data.normal_(0, 0.5)
+            # LayerNorms start as identities and biases as zeros, which would hide a swapped or misnamed tensor
+            for name, p in [*vision.named_parameters(), *text.named_parameters()]:
+                if "LayerNorm" in name or "layer_norm" in name or "layernorm" in name or name.endswith("bias"):
+                    p.data.add_(torch.randn_like(p) * 0.1)
         state = {f"blip.visual_encoder.{_rename(k, to_hf=False)}": v for k, v in vision.state_dict().items()}
         state.update({f"blip.text_encoder.{k}": v for k, v in text.state_dict().items()})
         state["blip.text_encoder.embeddings.position_ids"] = torch.arange(64).expand((1, -1))

@@ -331,7 +331,8 @@ def synthetic_imagereward(seed: int = 0) -> tuple[Path, Path, Path]:
             torch.manual_seed(seed)
             vision = BlipVisionModel(BlipVisionConfig(hidden_size=width, intermediate_size=4 * width,
                                                       num_hidden_layers=2, num_attention_heads=width // VIT_HEAD_DIM,
-                                                      patch_size=16, image_size=IMAGE_SIZE, layer_norm_eps=VIT_EPS))
+                                                      patch_size=16, image_size=IMAGE_SIZE, layer_norm_eps=VIT_EPS,
+                                                      initializer_range=0.02))  # BLIP's default 1e-10: all zeros
             text = BlipTextModel(BlipTextConfig(vocab_size=med["vocab_size"], hidden_size=32, encoder_hidden_size=width,
                                                 intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                                                 max_position_embeddings=64, bos_token_id=None, sep_token_id=None),
@@ -343,6 +344,9 @@ def synthetic_imagereward(seed: int = 0) -> tuple[Path, Path, Path]:
                 torch.nn.init.zeros_(lin.bias)
             # random position embeddings are tiny at initialisation; scaled up so that images differ in reward
             vision.embeddings.position_embedding.data.normal_(0, 0.5)
+            # the text's cross-attention output is scaled up so that rewards depend on the image clearly
+            for layer in text.encoder.layer:
+                layer.crossattention.output.dense.weight.data.mul_(10.0)
             # LayerNorms start as identities and biases as zeros, which would hide a swapped or misnamed tensor
             for name, p in [*vision.named_parameters(), *text.named_parameters()]:
                 if "LayerNorm" in name or "layer_norm" in name or "layernorm" in name or name.endswith("bias"):

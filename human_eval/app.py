@@ -40,6 +40,7 @@ from k3eval.sbs import (
     record_vote,
 )
 from k3eval.sbs.images import DEFAULT_MAX_SIDE, DisplayCache
+from k3eval.stats import qc_rules
 
 STUDY_ENV = "K3EVAL_SBS_STUDY"
 DB_ENV = "K3EVAL_DB"
@@ -386,17 +387,15 @@ ADMIN_COLUMNS = {
                                                       help="same choice on a pair shown again with sides swapped"),
     "median_seconds": st.column_config.NumberColumn("median s", format="%.1f"),
     "left_share": st.column_config.NumberColumn("left share", format="percent", help="left / (left + right)"),
-    "left_bias_p": st.column_config.NumberColumn("left bias p", format="%.3f"),
+    "left_bias_p": st.column_config.NumberColumn("left bias p (Holm)", format="%.3f"),
     "longest_run": st.column_config.NumberColumn("longest run", help="identical answers in a row"),
     "flags": st.column_config.TextColumn("flags"),
     "last_vote": st.column_config.TextColumn("last vote (UTC)"),
 }
-FLAG_HELP = """
-**Flags** (for a look, never an automatic exclusion): `fast` median answer time under a third of the study's;
-`same_answer_run` 10 or more identical answers in a row; `left_bias` binomial test of left vs right, p < 0.01;
-`gold` under 70 % right on 3 or more gold items; `inconsistent` under 50 % agreement on swapped repeats;
-`revoked` the token was revoked.
-"""
+# the rules in words come from the one rule set that `sbs status`, `sbs stats` and the report use
+FLAG_HELP = ("**Flags** (for a look, never an automatic exclusion): "
+             + "; ".join(f"`{code}` {rule}" for code, rule in qc_rules().items())
+             + "; `revoked` the token was revoked.")
 
 
 def admin_page(admin: Admin) -> None:

@@ -2,6 +2,9 @@
 
 A stage is a function `run_stage(ctx: BenchmarkContext) -> None` in the module named in `STAGES`; stages whose
 module is not installed are not offered. `generate` lives here; the others live with their area.
+
+The whole file is checked before any stage runs (`validate_benchmark`), so a typo in the last section fails in
+seconds instead of after hours of generation.
 """
 
 from __future__ import annotations
@@ -66,6 +69,10 @@ class BenchmarkContext:
     def extra_catalogs(self) -> list[Path] | None:
         return [resolve_relative(self.source, self.spec.generators_file)] if self.spec.generators_file else None
 
+    def run_names(self) -> list[str]:
+        """Every run the benchmark names: generated runs, then imported ones (whether their folder exists yet)."""
+        return [r.label for r in self.spec.generators] + [imp.name for imp in self.spec.imported or []]
+
 
 def available_stages() -> dict[str, Any]:
     out = {}
@@ -79,6 +86,104 @@ def available_stages() -> dict[str, Any]:
             raise
         out[name] = getattr(mod, attr)
     return out
+
+
+def validate_benchmark(ctx: BenchmarkContext, stages: list[str]) -> None:
+    """Check the whole benchmark before any stage runs: the prompt selection, every generator's parameters, dtype
+    and device, the imported runs, and the metrics, study and report sections (of the stages installed), with the
+    input files they name (reference, weights, mappings). Raises UserError as `FILE: section.key: problem`. Devices
+    must be usable, and output folders writable, only for the stages in `stages` (a benchmark written for a GPU
+    machine can still make its report on a laptop)."""
+    from k3eval.generate import check_generator
+    from k3eval.generators.registry import get_entry
+    from k3eval.utils import check_device
+
+    src = ctx.source
+    try:
+        ctx.prompts()
+    except UserError as e:
+        raise UserError(f"{src}: prompts: {e}") from None
+    for i, run in enumerate(ctx.spec.generators):
+        try:
+            device = check_device(run.device or ctx.spec.device, "device", available="generate" in stages)
+            gen = get_entry(run.generator, ctx.extra_catalogs()).create(run.params, device=device, dtype=run.dtype)
+            check_generator(gen)
+        except UserError as e:
+            raise UserError(f"{src}: generators.{i} ({run.label}): {e}") from None
+    for i, imp in enumerate(ctx.spec.imported or []):
+        images = resolve_relative(src, imp.images) if imp.images else None
+        if images is not None and images.is_dir() and not resolve_relative(src, imp.mapping or "").is_file():
+            raise UserError(f"{src}: imported.{i}.mapping: file not found: {imp.mapping}")
+    available = available_stages()
+    for name, check in (("score", _check_metrics), ("study", _check_study), ("report", _check_report)):
+        if name in available:
+            check(ctx, name in stages)
+
+
+def _check_metrics(ctx: BenchmarkContext, needed: bool) -> None:
+    """The metrics section, checked whole without loading anything by the metrics area's `score_options`
+    (metric names and settings, protocol, the reference's form, and its existence when scoring now), then its
+    device."""
+    from k3eval.metrics import stage as metrics_stage
+    from k3eval.utils import check_device
+
+    device = metrics_stage.score_options(ctx, stage_runs_now=needed).device
+    try:
+        check_device(device, "device", available=needed)
+    except UserError as e:
+        raise UserError(f"{ctx.source}: metrics: {e}") from None
+
+
+def _check_study(ctx: BenchmarkContext, needed: bool) -> None:
+    from k3eval.config import validate_section
+    from k3eval.sbs.design import annotator_names, check_questions
+    from k3eval.sbs.stage import StudySection
+
+    if ctx.spec.study is None:
+        return
+    src = ctx.source
+    sec: StudySection = validate_section(str(src), "study", StudySection, ctx.spec.study)
+    try:
+        check_questions(tuple(sec.questions))
+        annotators = annotator_names(sec.annotators)
+    except UserError as e:
+        raise UserError(f"{src}: study: {e}") from None
+    if sec.overlap > len(annotators):
+        raise UserError(f"{src}: study.overlap: each item needs {sec.overlap} distinct annotators but the study has "
+                        f"{len(annotators)}")
+    if sec.reference is not None:
+        if sec.reference not in ctx.run_names():
+            raise UserError(f"{src}: study.reference: no run named '{sec.reference}'; runs: "
+                            f"{', '.join(ctx.run_names())}")
+        if ctx.spec.comparisons:
+            raise UserError(f"{src}: study.reference: give either study.reference or comparisons, not both")
+    if sec.simulate is not None:
+        from k3eval.report.stage import SimulateSection
+
+        validate_section(str(src), "study.simulate", SimulateSection, sec.simulate)
+    if needed and sec.links_file:
+        from k3eval.utils import check_output_dir
+
+        links = Path(sec.links_file)
+        try:
+            check_output_dir((links if links.is_absolute() else ctx.root / links).parent, "study.links_file")
+        except UserError as e:
+            raise UserError(f"{src}: {e}") from None
+
+
+def _check_report(ctx: BenchmarkContext, needed: bool) -> None:
+    from k3eval.config import validate_section
+    from k3eval.report.stage import ReportSection
+
+    sec = validate_section(str(ctx.source), "report", ReportSection, ctx.spec.report)
+    if needed:
+        from k3eval.utils import check_output_dir
+
+        out = Path(ctx.report_out or sec.out or Path("reports") / ctx.spec.name)
+        try:
+            check_output_dir(out if out.is_absolute() else ctx.root / out, "report.out")
+        except UserError as e:
+            raise UserError(f"{ctx.source}: {e}") from None
 
 
 def stage_generate(ctx: BenchmarkContext) -> None:
@@ -126,7 +231,8 @@ def import_run(ctx: BenchmarkContext, imp: ImportedRunSpec, prompts) -> None:
     from k3eval.importer import import_images
 
     report = import_images(images, resolve_relative(ctx.source, imp.mapping or ""), prompts, folder,
-                           name=imp.system or imp.name, version=imp.version, date=imp.date, force=ctx.force)
+                           name=imp.system or imp.name, version=imp.version, date=imp.date, force=ctx.force,
+                           allow_missing=imp.allow_missing, allow_odd_sizes=imp.allow_odd_sizes)
     print("[generate] " + report.lines()[0])
 
 
@@ -143,6 +249,7 @@ def run_benchmark(path: str | Path, stages: list[str] | None = None, limit: int 
             raise UserError(f"unknown stage '{s}'{did_you_mean(s, available)}")
     ctx = BenchmarkContext(spec, source, limit=limit, force=force, progress=progress, root=root or Path.cwd(),
                            report_out=report_out)
+    validate_benchmark(ctx, chosen)
     for s in [s for s in available if s in chosen]:
         available[s](ctx)
     return ctx

@@ -49,7 +49,9 @@ def _csv(text: str) -> list[str]:
 def add_prompt_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=positive_int, help="use only the first N prompts (after other selection)")
     p.add_argument("--per-category", type=positive_int, help="a seeded, balanced sample of N prompts per category")
-    p.add_argument("--categories", type=_csv, help="comma-separated categories to keep")
+    # --category (singular) was `prompts show`'s spelling; both are accepted everywhere
+    p.add_argument("--categories", "--category", dest="categories", type=_csv,
+                   help="comma-separated categories to keep")
     p.add_argument("--selection-seed", type=int, default=0, help="seed of the --per-category sample (default 0)")
 
 
@@ -70,7 +72,8 @@ def cmd_prompts_list(args) -> int:
 def cmd_prompts_show(args) -> int:
     from k3eval.prompts import load_prompt_set
 
-    ps = load_prompt_set(args.name).select(categories=[args.category] if args.category else None, limit=args.limit)
+    ps = load_prompt_set(args.name).select(categories=args.categories, per_category=args.per_category,
+                                           limit=args.limit, seed=args.selection_seed)
     for p in ps:
         print(f"{p.id}\t{p.category}\t{p.text}")
     print(f"# {len(ps)} prompts; set hash {ps.content_hash()[:16]}", file=sys.stderr)
@@ -96,12 +99,14 @@ def cmd_generate(args) -> int:
     from k3eval.generators.base import check_dtype, parse_set_options
     from k3eval.generators.registry import get_entry
     from k3eval.prompts import load_prompt_set
+    from k3eval.utils import check_device, check_output_dir
 
     check_dtype(args.dtype)
+    check_output_dir(args.out)
     entry = get_entry(args.generator)
     prompts = load_prompt_set(args.prompts).select(categories=args.categories, per_category=args.per_category,
                                                    limit=args.limit, seed=args.selection_seed)
-    device = rank_device(args.device)
+    device = check_device(rank_device(args.device))
     gen = entry.create(parse_set_options(args.set or []), device=device, dtype=args.dtype)
     beautifier = None
     if args.beautify:
@@ -171,8 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_prompts_list)
     s = psub.add_parser("show", help="print the prompts of a set (id, category, text)")
     s.add_argument("name")
-    s.add_argument("--category")
-    s.add_argument("--limit", type=positive_int)
+    add_prompt_selection(s)
     s.set_defaults(func=cmd_prompts_show)
 
     p = sub.add_parser("generators", help="list registered generators")
@@ -225,8 +229,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"k3eval: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _end_progress_bars()
         print("k3eval: interrupted", file=sys.stderr)
         return 130
+
+
+def _end_progress_bars() -> None:
+    """Close the progress bars Ctrl-C left open, so that the message after them starts on a line of its own."""
+    tqdm_std = sys.modules.get("tqdm.std")
+    bars = list(getattr(getattr(tqdm_std, "tqdm", None), "_instances", None) or [])
+    for bar in bars:
+        bar.close()  # on a terminal this clears the bar's line (or ends it, for bars that stay)
+    if not sys.stderr.isatty():
+        # in a log file a bar's last refresh ends with a carriage return, not a newline: start a fresh line
+        sys.stderr.write("\n")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Benchmark specs: one YAML file per benchmark, validated with errors that say where the problem is.
 
-Sections for later stages (`metrics`, `study`, `report`) are validated by the stage that reads them, which calls
-`validate_section` with its own pydantic model, so an error there is reported as `FILE: metrics.protocol: ...`.
+Sections for later stages (`metrics`, `study`, `report`) have their models with the stage that reads them; an error
+there is reported as `FILE: metrics.protocol: ...` (`validate_section`). `k3eval.benchmark.validate_benchmark` checks
+every section before any stage runs.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class ImportedRunSpec(Strict):
     images: str | None = Field(default=None, description="folder of the exported images")
     mapping: str | None = Field(default=None, description="CSV: file, prompt_id or prompt, sample")
     path: str | None = Field(default=None, description="an existing run folder made by `k3eval import`")
+    allow_missing: bool = Field(default=False, description="import even if some prompts have no (usable) image")
+    allow_odd_sizes: bool = Field(default=False, description="import even if some images differ in size")
 
     @model_validator(mode="after")
     def _images_with_mapping(self) -> ImportedRunSpec:
@@ -141,6 +144,8 @@ def load_benchmark(path: str | Path, check_generators: bool = True) -> Benchmark
     p = Path(path)
     if not p.exists():
         raise UserError(f"benchmark file not found: {p}")
+    if p.is_dir():
+        raise UserError(f"{p} is a folder; give the benchmark YAML file (e.g. benchmarks/smoke.yaml)")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:

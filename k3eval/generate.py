@@ -15,7 +15,16 @@ from k3eval.generators.base import GenRequest
 from k3eval.prompts.core import PromptSet
 from k3eval.runs import RunFolder, classify_image, image_relpath, to_uint8
 from k3eval.seeds import SEED_RULE, image_seed
-from k3eval.utils import git_revision, hardware_info, now_iso, package_versions
+from k3eval.utils import (
+    check_device,
+    check_output_dir,
+    git_revision,
+    hardware_info,
+    make_dirs,
+    now_iso,
+    package_versions,
+    remove_empty_dirs,
+)
 
 
 @dataclass
@@ -73,10 +82,20 @@ def _manifest_row(prompts: PromptSet, item: WorkItem, gen, out, path: str, statu
     return row
 
 
-def run_info(gen, prompts: PromptSet, samples: int, benchmark_seed: int, extra: dict[str, Any] | None = None):
+def run_identity(gen, prompts: PromptSet, samples: int, benchmark_seed: int, beautify: str | None = None):
+    """What a rerun must match to resume into an existing folder: the generator and its parameters (as
+    `gen.identity()` states them), dtype, benchmark seed and seed rule, the resolved prompt selection (hash over
+    ids, texts and categories in order: the same file named by another path is the same run), samples per prompt,
+    beautify model. Anything else (device, batch size, shards, progress) may change between resumes."""
+    return {**gen.identity(), "dtype": gen.dtype or "fp32", "seed": benchmark_seed, "seed_rule": SEED_RULE,
+            "prompts": prompts.content_hash(), "samples": samples, "beautify": beautify}
+
+
+def run_info(gen, prompts: PromptSet, samples: int, benchmark_seed: int, extra: dict[str, Any] | None = None,
+             beautify: str | None = None):
     return {
         "k3eval_run": 1,
-        "identity": {**gen.identity(), "seed": benchmark_seed, "prompt_set": prompts.name},
+        "identity": run_identity(gen, prompts, samples, benchmark_seed, beautify),
         "generator": gen.describe(),
         "prompt_set": {"name": prompts.name, "hash": prompts.content_hash(), "n_prompts": len(prompts),
                        "categories": prompts.categories(), "selection": prompts.selection, "source": prompts.source,
@@ -89,6 +108,15 @@ def run_info(gen, prompts: PromptSet, samples: int, benchmark_seed: int, extra: 
         "hardware": hardware_info(),
         **(extra or {}),
     }
+
+
+def check_generator(gen) -> None:
+    """Refuse settings the generator cannot run before anything is loaded or written. A generator states its own
+    rules (bounds on what sizes memory, divisibility) in an optional `check_params()` method; this is the one place
+    that calls it, for `generate` and for a benchmark's check before any stage runs."""
+    check = getattr(gen, "check_params", None)
+    if callable(check):
+        check()
 
 
 def launched_by_torchrun() -> bool:
@@ -172,57 +200,94 @@ def generate_run(gen, prompts: PromptSet, out_dir: str | Path, *, samples: int =
     if world < 1 or not 0 <= rank < world:
         raise UserError(f"shard {rank}/{world}: need 0 <= I < N")
     run = RunFolder(out_dir)
+    check_output_dir(run.path)
+    check_device(gen.device)
+    check_generator(gen)
     items = work_items(prompts, samples, seed)
     if beautifier is not None:
         extra_info = {**(extra_info or {}), "beautify": beautifier.describe()}
-    info = run_info(gen, prompts, samples, seed, extra_info)
-    if beautifier is not None:
-        info["identity"]["beautify"] = beautifier.describe().get("model")
+    info = run_info(gen, prompts, samples, seed, extra_info,
+                    beautify=beautifier.describe().get("model") if beautifier is not None else None)
+    if run.path.exists() and not run.exists() and any(p.name != ".merge.lock" for p in run.path.iterdir()):
+        raise UserError(f"output folder {run.path} is not empty and is not a run folder; choose another --out")
+    if force and world == 1:
+        run.reset()
+    # A single process that fails before its first image removes what it wrote (and the folders it made), so the
+    # corrected command starts clean; a folder whose earlier command died that early (killed) holds no result and
+    # is taken over the same way. Shards and torchrun ranks never clean up (another writer may be starting);
+    # torchrun takes over such a folder in `_generate`, where its ranks are in step.
+    unstarted = world == 1 and (not run.exists() or not _has_results(run))
+    if unstarted and run.exists():
+        run.remove_unstarted()
+    created = make_dirs(run.path) if unstarted else []
+    state = {"produced": False}
     group = _Group(rank, world)
     try:
-        if force and world > 1 and not group.active:
-            raise UserError("--force with --shard I/N would let one job delete what the others write; delete the "
-                            f"folder {run.path} before starting the jobs instead")
-        if run.path.exists() and not run.exists() and any(p.name != ".merge.lock" for p in run.path.iterdir()):
-            raise UserError(f"output folder {run.path} is not empty and is not a run folder; choose another --out")
-        group.barrier()  # every rank has looked at the folder before rank 0 may clear it
-        if force and rank == 0:
-            run.reset()
-        group.barrier()  # nobody looks at the folder while rank 0 may still be clearing it
-        run.check_identity(info["identity"])
+        return _generate(gen, prompts, run, items, info, state, group, batch_size=batch_size, force=force,
+                         shard=shard, progress=progress, beautifier=beautifier, retry_bad=retry_bad)
+    except BaseException:
+        if unstarted and not state["produced"]:
+            run.remove_unstarted()
+            remove_empty_dirs(created)
+        raise
+    finally:
+        group.close()
 
-        existing = run.read_manifest() if run.exists() else None
-        done: set[tuple[str, int]] = set()
-        retry: set[tuple[str, int]] = set()
-        if existing is not None and len(existing):
-            for row in existing.to_dict("records"):
-                key = (row["prompt_id"], int(row["sample"]))
-                if retry_bad and row.get("status") in BAD_STATUSES:
-                    retry.add(key)
-                elif run.image_complete(row):
-                    done.add(key)
-        mine = shard_items(items, rank, world, batch_size)
-        todo = [it for it in mine if (it.prompt_id, it.sample) not in done]
 
-        started = now_iso()
-        if rank == 0 or not run.exists():
-            # Hand-made shards may start in any order, so whichever comes first records the run (same content).
-            old = run.read_info() if run.exists() else {}
-            run.write_info({**info, "status": "running", "started": old.get("started", started), "resumed": started,
-                            "finished": None})
-            run.write_prompts(prompts.to_frame()[["prompt_id", "prompt", "category"]])
-        group.barrier()
-        counts: dict[str, int] = {}
-        t_start = time.perf_counter()
-        writer = f"shard-{rank:03d}-of-{world:03d}"
-        rewrites: dict[str, str] = {}
-        if todo and beautifier is not None:
-            rewrites = beautify_prompts(run, beautifier, sorted({it.prompt for it in todo}))
-        fresh = [it for it in todo if (it.prompt_id, it.sample) not in retry]
-        again = [it for it in todo if (it.prompt_id, it.sample) in retry]
-        if todo:
-            bar = _progress(len(todo), f"{gen.name} -> {run.path}" + (f" [{rank}/{world}]" if world > 1 else ""),
-                            progress and (rank == 0 or not group.active))
+def _has_results(run: RunFolder) -> bool:
+    """Whether the folder holds any manifest row (merged or journaled)."""
+    return len(run.read_manifest()) > 0
+
+
+def _generate(gen, prompts: PromptSet, run: RunFolder, items: list[WorkItem], info: dict[str, Any],
+              state: dict[str, bool], group: _Group, *, batch_size: int, force: bool, shard: tuple[int, int],
+              progress: bool, beautifier, retry_bad: bool) -> GenerateSummary:
+    """The body of `generate_run`; sets state['produced'] once the first image is recorded."""
+    rank, world = shard
+    if force and world > 1 and not group.active:
+        raise UserError("--force with --shard I/N would let one job delete what the others write; delete the "
+                        f"folder {run.path} before starting the jobs instead")
+    group.barrier()  # every rank has looked at the folder before rank 0 may clear it
+    # Under torchrun the ranks are in step here, so rank 0 may also take over a folder that an earlier job left
+    # before its first image; hand-made shards cannot know whether another job is just starting, so they do not.
+    if rank == 0 and world > 1 and (force or (group.active and run.exists() and not _has_results(run))):
+        run.reset()
+    group.barrier()  # nobody looks at the folder while rank 0 may still be clearing it
+    run.check_identity(info["identity"], prompts)
+
+    existing = run.read_manifest() if run.exists() else None
+    done: set[tuple[str, int]] = set()
+    retry: set[tuple[str, int]] = set()
+    if existing is not None and len(existing):
+        for row in existing.to_dict("records"):
+            key = (row["prompt_id"], int(row["sample"]))
+            if retry_bad and row.get("status") in BAD_STATUSES:
+                retry.add(key)
+            elif run.image_complete(row):
+                done.add(key)
+    mine = shard_items(items, rank, world, batch_size)
+    todo = [it for it in mine if (it.prompt_id, it.sample) not in done]
+
+    started = now_iso()
+    if rank == 0 or not run.exists():
+        # Hand-made shards may start in any order, so whichever comes first records the run (same content).
+        old = run.read_info() if run.exists() else {}
+        run.write_info({**info, "status": "running", "started": old.get("started", started), "resumed": started,
+                        "finished": None})
+        run.write_prompts(prompts.to_frame()[["prompt_id", "prompt", "category"]])
+    group.barrier()
+    counts: dict[str, int] = {}
+    t_start = time.perf_counter()
+    writer = f"shard-{rank:03d}-of-{world:03d}"
+    rewrites: dict[str, str] = {}
+    if todo and beautifier is not None:
+        rewrites = beautify_prompts(run, beautifier, sorted({it.prompt for it in todo}))
+    fresh = [it for it in todo if (it.prompt_id, it.sample) not in retry]
+    again = [it for it in todo if (it.prompt_id, it.sample) in retry]
+    if todo:
+        bar = _progress(len(todo), f"{gen.name} -> {run.path}" + (f" [{rank}/{world}]" if world > 1 else ""),
+                        progress and (rank == 0 or not group.active))
+        try:
             passes = [(gen, fresh, False)]
             if again:
                 passes.append((retry_generator(gen), again, True))
@@ -232,34 +297,49 @@ def generate_run(gen, prompts: PromptSet, out_dir: str | Path, *, samples: int =
                 g.ensure_loaded()
                 for b in range(0, len(part), batch_size):
                     batch = part[b:b + batch_size]
-                    rows = _generate_batch(g, run, prompts, batch, rewrites, beautifier is not None)
+                    rows = _first_batch_checked(g, run, prompts, batch, rewrites, beautifier is not None,
+                                                first=not state["produced"])
                     for row in rows:
                         if retried:
                             row["retried"] = True
                             row["retry_dtype"] = g.dtype or "fp32"
                         counts[row["status"]] = counts.get(row["status"], 0) + 1
                     run.append_rows(writer, rows)
+                    state["produced"] = True
                     bar.update(len(batch))
                 if g is not gen:
                     g.close()
-            bar.close()
-        elapsed = time.perf_counter() - t_start
-        summary = GenerateSummary(run.path, len(mine), len(mine) - len(todo), len(todo), counts, elapsed)
-        if world == 1:
+        finally:
+            bar.close()  # also on Ctrl-C: the bar's line is cleared before the CLI says "interrupted"
+    elapsed = time.perf_counter() - t_start
+    summary = GenerateSummary(run.path, len(mine), len(mine) - len(todo), len(todo), counts, elapsed)
+    if world == 1:
+        summary.run_counts = finalize_run(run, items, gen)
+    elif group.active:
+        group.barrier()  # every rank has journaled its share
+        if rank == 0:
             summary.run_counts = finalize_run(run, items, gen)
-        elif group.active:
-            group.barrier()  # every rank has journaled its share
-            if rank == 0:
+        group.barrier()  # nobody returns (and maybe reads the folder) before the merge is written
+    else:
+        run.mark_shard_done(rank, world)
+        with run.merge_lock():
+            if run.journal_dir.exists() and len(run.shards_done(world)) == world:
                 summary.run_counts = finalize_run(run, items, gen)
-            group.barrier()  # nobody returns (and maybe reads the folder) before the merge is written
-        else:
-            run.mark_shard_done(rank, world)
-            with run.merge_lock():
-                if run.journal_dir.exists() and len(run.shards_done(world)) == world:
-                    summary.run_counts = finalize_run(run, items, gen)
-        return summary
-    finally:
-        group.close()
+    return summary
+
+
+def _first_batch_checked(gen, run: RunFolder, prompts: PromptSet, batch: list[WorkItem], rewrites: dict[str, str],
+                         beautified: bool, first: bool) -> list[dict[str, Any]]:
+    """`_generate_batch`, where a ValueError on the first batch (a pipeline's own input checks, such as diffusers'
+    "height and width have to be divisible by 8", run before any compute) becomes a one-line error: nothing has
+    been recorded, and the folder is cleaned up by `generate_run`."""
+    try:
+        return _generate_batch(gen, run, prompts, batch, rewrites, beautified)
+    except ValueError as e:
+        if not first:
+            raise
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"generator '{gen.name}' cannot make images with these settings: {message}") from e
 
 
 def _generate_batch(gen, run: RunFolder, prompts: PromptSet, batch: list[WorkItem], rewrites: dict[str, str],
@@ -310,11 +390,20 @@ def beautify_prompts(run: RunFolder, beautifier, texts: list[str]) -> dict[str, 
 
 def finalize_run(run: RunFolder, items: Sequence[WorkItem], gen=None) -> dict[str, int]:
     """Merge journals into manifest.parquet (in work order), record totals in run.json, remove temporaries left
-    by killed writers; returns the status counts of the run. Call it only when no writer is active."""
+    by killed writers; returns the status counts of the run. Call it only when no writer is active.
+
+    Refuses a folder whose rows are not all part of this run (made by a k3eval that did not check the prompt
+    selection): counting them would report more images than the run has."""
+    expected = {(it.prompt_id, it.sample) for it in items}
+    current = run.read_manifest()
+    foreign = sorted({(str(p), int(s)) for p, s in zip(current["prompt_id"], current["sample"])} - expected)
+    if foreign:
+        raise UserError(f"{run.path}: the manifest holds {len(foreign)} image(s) that are not part of this run's "
+                        f"prompts and samples (e.g. {foreign[0][0]} sample {foreign[0][1]}): the folder mixes two "
+                        "runs; make the run again with --force or into another folder")
     df = run.consolidate([(it.prompt_id, it.sample) for it in items])
     run.remove_stray_temporaries()
     info = run.read_info()
-    expected = {(it.prompt_id, it.sample) for it in items}
     have = {(p, int(s)) for p, s in zip(df["prompt_id"], df["sample"])}
     status = df["status"].value_counts().to_dict() if len(df) else {}
     totals: dict[str, Any] = {"images": int(len(df)), "expected": len(expected),
@@ -357,6 +446,7 @@ def merge_run(path: str | Path) -> dict[str, Any]:
     if not run.exists():
         raise UserError(f"{run.path} is not a run folder: it has no run.json")
     items = items_from_folder(run)
+    run.read_manifest()  # a corrupt manifest is refused before the lock file is made
     with run.merge_lock():
         finalize_run(run, items)
     return run.read_info()["totals"]

@@ -5,9 +5,16 @@ or `prompt` (the exact text), and optional `sample` (default 0). Every file is d
 RGB PNG under `images/<prompt_id>/<sample>.png` with the same manifest columns as a generated run, so every later
 stage treats the folder like a generated one.
 
-Nothing is imported half-way: the folder is built under a temporary name next to `--out` and renamed into place at
-the end. Unreadable files and ambiguous rows (two images for one prompt and sample) stop the import; prompts with
-no image, images with no prompt, identical files and odd sizes are reported in `import_report.json`.
+Strict by default, and nothing is imported half-way: the folder is built under a temporary name next to `--out`
+and renamed into place at the end, and only when all is well. These stop the import (nothing written):
+- a mapping path that leaves IMAGES_DIR (absolute, `..`, or a link pointing outside);
+- unreadable files, ambiguous rows (two images for one prompt and sample), mapping rows whose prompt id or exact
+  text the prompt set does not have, byte-identical files for different rows;
+- gaps: prompts with no image, and images that are all black or constant (a refused or failed export), unless
+  `allow_missing` (the gaps are then listed, black images kept with status `black`, out of metrics and studies);
+- odd sizes (not the most common size, or under MIN_SIDE pixels), unless `allow_odd_sizes`.
+Image files in IMAGES_DIR that the mapping does not name are listed and ignored. Everything found is in
+`import_report.json`.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import csv
 import datetime
 import hashlib
 import io
+import os
 import shutil
 import tempfile
 from collections import Counter
@@ -26,7 +34,19 @@ from typing import Any
 from k3eval.errors import UserError
 from k3eval.prompts.core import PromptSet
 from k3eval.runs import MANIFEST_COLUMNS, RunFolder, classify_image, encode_png, image_relpath
-from k3eval.utils import atomic_write_json, git_revision, hardware_info, now_iso, package_versions, sha256_bytes
+from k3eval.utils import (
+    atomic_write_bytes,
+    atomic_write_json,
+    check_output_dir,
+    current_umask,
+    git_revision,
+    hardware_info,
+    make_dirs,
+    now_iso,
+    package_versions,
+    remove_empty_dirs,
+    sha256_bytes,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 #: images smaller than this on either side are reported as odd whatever the usual size is (pixels)
@@ -43,32 +63,59 @@ class ImportReport:
     imported: int = 0
     expected_prompts: int = 0
     prompts_without_image: list[str] = field(default_factory=list)
+    #: (prompt, sample) pairs missing for prompts that have some images (samples = the highest sample + 1)
+    missing_samples: list[dict[str, Any]] = field(default_factory=list)
+    #: mapping rows whose prompt id or exact text the prompt set does not have
     images_without_prompt: list[dict[str, Any]] = field(default_factory=list)
+    #: image files in IMAGES_DIR that the mapping does not name (ignored)
+    unmapped_files: list[str] = field(default_factory=list)
     duplicates: list[dict[str, Any]] = field(default_factory=list)
     identical_files: list[list[str]] = field(default_factory=list)
     unreadable: list[dict[str, Any]] = field(default_factory=list)
+    black_images: list[dict[str, Any]] = field(default_factory=list)
     odd_sizes: list[dict[str, Any]] = field(default_factory=list)
     usual_size: list[int] | None = None
     status: dict[str, int] = field(default_factory=dict)
     run_dir: str = ""
 
-    @property
-    def fatal(self) -> bool:
-        """Unreadable files and ambiguous rows stop an import; the rest is reported."""
-        return bool(self.unreadable or self.duplicates)
+    def problems(self, allow_missing: bool = False, allow_odd_sizes: bool = False) -> list[str]:
+        """What stops the import, one phrase each with what would accept it (empty when all is well)."""
+        out = []
+        if self.unreadable:
+            out.append(f"{len(self.unreadable)} unreadable files")
+        if self.duplicates:
+            out.append(f"{len(self.duplicates)} duplicate rows (two images for one prompt and sample)")
+        if self.images_without_prompt:
+            out.append(f"{len(self.images_without_prompt)} mapping rows name no prompt of the set")
+        if self.identical_files:
+            out.append(f"{len(self.identical_files)} groups of identical files (one picture for several rows)")
+        if not allow_missing and self.prompts_without_image:
+            out.append(f"{len(self.prompts_without_image)} prompts have no image (--allow-missing imports the rest)")
+        if not allow_missing and self.missing_samples:
+            out.append(f"{len(self.missing_samples)} samples are missing for prompts that have other samples "
+                       "(--allow-missing imports the rest)")
+        if not allow_missing and self.black_images:
+            out.append(f"{len(self.black_images)} images are all black or constant (--allow-missing keeps them "
+                       "with status black, out of metrics and studies)")
+        if not allow_odd_sizes and self.odd_sizes:
+            out.append(f"{len(self.odd_sizes)} images have an odd size (--allow-odd-sizes accepts them)")
+        return out
 
     def lines(self) -> list[str]:
-        """The report as short lines for the terminal."""
+        """The report as short lines for the terminal (every list is whole in import_report.json)."""
         out = [f"{self.system}: {self.imported} images imported into {self.run_dir or '(nothing written)'}; "
                f"status {self.status or {}}; {len(self.prompts_without_image)} of {self.expected_prompts} prompts "
                "have no image"]
         sections = [("prompts with no image", self.prompts_without_image),
-                    ("images with no prompt", self.images_without_prompt), ("duplicates", self.duplicates),
+                    ("missing samples", self.missing_samples),
+                    ("mapping rows with no prompt", self.images_without_prompt),
+                    ("files not in the mapping (ignored)", self.unmapped_files), ("duplicates", self.duplicates),
                     ("identical files", self.identical_files), ("unreadable files", self.unreadable),
+                    ("all black or constant images", self.black_images),
                     (f"odd sizes (usual {self.usual_size})", self.odd_sizes)]
         for title, entries in sections:
             if entries:
-                more = f" (first {SHOWN} shown)" if len(entries) > SHOWN else ""
+                more = f" (first {SHOWN} shown; all in import_report.json)" if len(entries) > SHOWN else ""
                 out.append(f"  {title}: {len(entries)}{more}")
                 out.extend(f"    {e}" for e in entries[:SHOWN])
         return out
@@ -123,11 +170,12 @@ def _decode(path: Path):
 
 def import_images(images_dir: str | Path, mapping: str | Path, prompts: PromptSet, out: str | Path, *, name: str,
                   version: str | None = None, date: str | None = None, force: bool = False,
-                  allow_missing: bool = True, progress: bool = False) -> ImportReport:
+                  allow_missing: bool = False, allow_odd_sizes: bool = False,
+                  progress: bool = False) -> ImportReport:
     """Import the images listed in `mapping` into a new run folder `out`; returns the import report.
 
-    Raises UserError (and writes nothing) when a file is unreadable, two rows claim the same prompt and sample, no
-    image matches a prompt, or, with `allow_missing=False`, a prompt has no image.
+    Raises UserError and writes nothing unless all is well (the rules are in the module docstring); `allow_missing`
+    accepts prompts with no image and black images, `allow_odd_sizes` images of another size.
     """
     import numpy as np
 
@@ -137,8 +185,10 @@ def import_images(images_dir: str | Path, mapping: str | Path, prompts: PromptSe
     date = _check_date(date)
     if not images_dir.is_dir():
         raise UserError(f"IMAGES_DIR: not a folder: {images_dir}")
+    check_output_dir(out)
     if out.exists() and not force:
         raise UserError(f"--out {out} already exists; choose another folder or pass --force to replace it")
+    root = images_dir.resolve()
     rows = _read_mapping(mapping)
     by_id = prompts.by_id()
     by_text: dict[str, str] = {}
@@ -154,8 +204,11 @@ def import_images(images_dir: str | Path, mapping: str | Path, prompts: PromptSe
         file = row.get("file", "").strip()
         if not file:
             raise UserError(f"--mapping {mapping}, line {i}: empty 'file'")
-        fpath = Path(file) if Path(file).is_absolute() else images_dir / file
-        mapped_files.add(fpath.resolve())
+        fpath = (images_dir / file).resolve()
+        if Path(file).is_absolute() or not fpath.is_relative_to(root):
+            raise UserError(f"--mapping {mapping}, line {i}: file {file!r} is outside IMAGES_DIR {images_dir}; "
+                            "paths in the mapping are relative to IMAGES_DIR and stay inside it")
+        mapped_files.add(fpath)
         raw_sample = (row.get("sample") or "0").strip()
         try:
             sample = int(raw_sample)
@@ -184,51 +237,59 @@ def import_images(images_dir: str | Path, mapping: str | Path, prompts: PromptSe
         accepted.append((i, row, pid, sample, fpath))
     for f in sorted(p for p in images_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
         if f.resolve() not in mapped_files:
-            report.images_without_prompt.append({"file": str(f.relative_to(images_dir)), "reason": "not in mapping"})
+            report.unmapped_files.append(str(f.relative_to(images_dir)))
 
     # 2. decode everything before writing anything
-    decoded: list[tuple[str, int, str, Any, str]] = []
-    seen_sha: dict[str, list[str]] = {}
+    decoded: list[tuple[str, int, str, Any, str, str]] = []
     for _line, row, pid, sample, fpath in _bar(accepted, progress):
         pixels, err = _decode(fpath)
         if err:
             report.unreadable.append({"file": row["file"], "error": err})
             continue
         src_sha = hashlib.sha256(fpath.read_bytes()).hexdigest()
-        seen_sha.setdefault(src_sha, []).append(row["file"])
-        decoded.append((pid, sample, row["file"], pixels, src_sha))
+        status = classify_image(pixels.astype(np.float32) / 255.0)
+        decoded.append((pid, sample, row["file"], pixels, src_sha, status))
+    report.black_images = [{"file": file, "prompt_id": pid, "sample": sample}
+                           for pid, sample, file, _, _, status in decoded if status != "ok"]
+    # Black images are alike by nature (a refused export); they are counted as gaps, not as identical files.
+    seen_sha: dict[str, list[str]] = {}
+    for _, _, file, _, src_sha, status in decoded:
+        if status == "ok":
+            seen_sha.setdefault(src_sha, []).append(file)
     report.identical_files = [files for files in seen_sha.values() if len(files) > 1]
-    sizes = Counter((int(px.shape[1]), int(px.shape[0])) for _, _, _, px, _ in decoded)
+    sizes = Counter((int(px.shape[1]), int(px.shape[0])) for _, _, _, px, _, _ in decoded)
     if sizes:
         usual = sizes.most_common(1)[0][0]
         report.usual_size = list(usual)
-        for pid, sample, file, px, _ in decoded:
+        for pid, sample, file, px, _, _ in decoded:
             w, h = int(px.shape[1]), int(px.shape[0])
             if (w, h) != usual or min(w, h) < MIN_SIDE:
                 report.odd_sizes.append({"file": file, "prompt_id": pid, "sample": sample, "width": w, "height": h})
     have = {pid for pid, *_ in decoded}
     report.prompts_without_image = [p.id for p in prompts if p.id not in have]
+    n_samples = max((sample for _, sample, *_ in decoded), default=-1) + 1
+    got = {(pid, sample) for pid, sample, *_ in decoded}
+    report.missing_samples = [{"prompt_id": p.id, "sample": k} for p in prompts if p.id in have
+                              for k in range(n_samples) if (p.id, k) not in got]
 
-    if report.fatal:
-        raise UserError("nothing imported:\n" + "\n".join(report.lines()[1:]))
     if not decoded:
         raise UserError(f"nothing imported: no row of {mapping} matches a prompt of '{prompts.name}'\n"
                         + "\n".join(report.lines()[1:]))
-    if report.prompts_without_image and not allow_missing:
-        raise UserError(f"nothing imported: {len(report.prompts_without_image)} prompts have no image (--strict)\n"
-                        + "\n".join(report.lines()[1:]))
+    problems = report.problems(allow_missing, allow_odd_sizes)
+    if problems:
+        raise UserError(f"nothing imported: {'; '.join(problems)}\n" + "\n".join(report.lines()[1:]))
 
     # 3. build the run folder under a temporary name, then rename it into place
-    out.parent.mkdir(parents=True, exist_ok=True)
+    created = make_dirs(out.parent)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.importing-"))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700; the run folder follows the umask
         run = RunFolder(tmp)
         order = {p.id: i for i, p in enumerate(prompts)}
         decoded.sort(key=lambda d: (order[d[0]], d[1]))
         manifest = []
-        for pid, sample, file, px, src_sha in decoded:
+        for pid, sample, file, px, src_sha, status in decoded:
             p = by_id[pid]
-            status = classify_image(px.astype(np.float32) / 255.0)
             data = encode_png(px)
             rel = image_relpath(pid, sample)
             target = tmp / rel
@@ -243,14 +304,14 @@ def import_images(images_dir: str | Path, mapping: str | Path, prompts: PromptSe
         report.status = dict(Counter(r["status"] for r in manifest))
         _write_manifest(run, manifest)
         run.write_prompts(prompts.to_frame()[["prompt_id", "prompt", "category"]])
-        samples = max(s for _, s, *_ in decoded) + 1
-        info = _run_info(name, version, date, prompts, samples, images_dir, mapping, manifest, report)
+        info = _run_info(name, version, date, prompts, n_samples, images_dir, mapping, manifest, report)
         run.write_info(info)
         report.run_dir = str(out)
         atomic_write_json(tmp / "import_report.json", asdict(report))
         _replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        remove_empty_dirs(created)
         raise
     return report
 
@@ -268,8 +329,6 @@ def _write_manifest(run: RunFolder, manifest: list[dict[str, Any]]) -> None:
     df = df[[*MANIFEST_COLUMNS, "source_file", "source_sha256"]]
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
-    from k3eval.utils import atomic_write_bytes
-
     atomic_write_bytes(run.manifest_path, buf.getvalue())
 
 
@@ -280,7 +339,8 @@ def _run_info(name: str, version: str | None, date: str | None, prompts: PromptS
     status = dict(Counter(r["status"] for r in manifest))
     return {
         "k3eval_run": 1,
-        "identity": {"generator": name, "params": {}, "seed": None, "prompt_set": prompts.name},
+        "identity": {"generator": name, "params": {}, "dtype": None, "seed": None, "seed_rule": None,
+                     "prompts": prompts.content_hash(), "samples": samples, "beautify": None},
         "generator": {"name": name, "class": "k3eval.importer:import_images", "params": {}, "device": None,
                       "dtype": None, "offline": True, "weights": {}, "version": version, "date": date,
                       "warnings": []},
@@ -300,7 +360,9 @@ def _run_info(name: str, version: str | None, date: str | None, prompts: PromptS
         "imported": {"system": name, "version": version, "date": date, "images_dir": str(images_dir.resolve()),
                      "mapping": str(mapping.resolve()), "mapping_sha256": sha256_bytes(mapping.read_bytes()),
                      "imported_at": now, "prompts_without_image": len(report.prompts_without_image),
+                     "missing_samples": len(report.missing_samples),
                      "images_without_prompt": len(report.images_without_prompt),
+                     "unmapped_files": len(report.unmapped_files), "black_images": len(report.black_images),
                      "identical_files": len(report.identical_files), "odd_sizes": len(report.odd_sizes)},
     }
 

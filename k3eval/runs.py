@@ -17,19 +17,33 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from k3eval.errors import UserError
-from k3eval.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, file_lock, now_iso, sha256_bytes
+from k3eval.utils import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    file_lock,
+    now_iso,
+    sha256_bytes,
+    write_then_rename,
+)
+
+if TYPE_CHECKING:
+    from k3eval.prompts.core import PromptSet
 
 MANIFEST_COLUMNS = ["prompt_set", "prompt_id", "prompt", "category", "sample", "seed", "path", "width", "height",
                     "steps", "guidance", "seconds", "status", "sha256", "bytes", "generator"]
 STATUSES = ("ok", "nan", "black")
+#: columns without which a manifest cannot be read at all (a parquet file of something else)
+KEY_COLUMNS = ("prompt_id", "sample", "status", "path")
+#: fields of run.json that every later stage reads: (section, key)
+RUN_FIELDS = (("generator", "name"), ("prompt_set", "name"), ("prompt_set", "hash"))
 PNG_END = b"IEND\xaeB`\x82"
 
 
@@ -97,29 +111,85 @@ class RunFolder:
         if not self.run_json.exists():
             raise UserError(f"{self.path} is not a run folder: it has no run.json")
         try:
-            return json.loads(self.run_json.read_text(encoding="utf-8"))
+            info = json.loads(self.run_json.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"{self.run_json} is not valid JSON: {e}") from None
+        if not isinstance(info, dict):
+            raise UserError(f"{self.run_json}: expected a JSON object, got {type(info).__name__}")
+        return info
 
     def write_info(self, info: dict[str, Any]) -> None:
         atomic_write_json(self.run_json, info)
 
-    def check_identity(self, identity: dict[str, Any]) -> None:
-        """Refuse to mix runs: an existing run.json must describe the same generator, parameters and seed."""
+    def check_identity(self, identity: dict[str, Any], prompts: PromptSet | None = None) -> None:
+        """Refuse to mix runs: an existing run.json must record the same identity (generator, parameters, dtype,
+        seed and seed rule, prompt selection hash, samples, beautify model). The error names every difference;
+        for the prompt selection it compares the folder's prompts.parquet with `prompts`."""
         if not self.exists():
             return
-        old = self.read_info().get("identity", {})
-        diffs = [f"{k}: folder has {old.get(k)!r}, this run has {v!r}" for k, v in identity.items() if old.get(k) != v]
+        old = recorded_identity(self.read_info())
+        # compare as stored: JSON turns tuples into lists
+        new = json.loads(json.dumps(identity, default=_json_default))
+        diffs = []
+        unrecorded = [key for key in new if key not in old]
+        if unrecorded:
+            diffs.append(f"made by an older k3eval, the folder does not record {', '.join(unrecorded)}")
+        for key, value in new.items():
+            if key not in old or old[key] == value:
+                continue
+            if key == "params" and isinstance(old[key], dict) and isinstance(value, dict):
+                diffs.extend(f"params.{k}: folder has {old[key].get(k)!r}, this run has {value.get(k)!r}"
+                             for k in sorted(set(old[key]) | set(value)) if old[key].get(k) != value.get(k))
+            elif key == "prompts":
+                diffs.append(self._prompts_difference(prompts) or f"prompts: folder has selection hash "
+                             f"{str(old[key])[:12]}, this run has {str(value)[:12]}")
+            else:
+                diffs.append(f"{key}: folder has {old[key]!r}, this run has {value!r}")
         if diffs:
             raise UserError(f"output folder {self.path} holds a different run ({'; '.join(diffs)}); "
                             "use another --out, or --force to replace it")
 
+    def _prompts_difference(self, prompts: PromptSet | None) -> str | None:
+        """How this run's prompts differ from the folder's (counts, ids on one side only, changed texts)."""
+        if prompts is None or not self.prompts_path.exists():
+            return None
+        try:
+            frame = self.read_prompts()
+        except UserError:
+            return None
+        have = dict(zip(frame["prompt_id"].astype(str), frame["prompt"].astype(str)))
+        want = {p.id: p.text for p in prompts}
+        only_old = [i for i in have if i not in want]
+        only_new = [i for i in want if i not in have]
+        changed = [i for i in want if i in have and have[i] != want[i]]
+        parts = [f"prompts: the folder has {len(have)}, this run {len(want)}"]
+        if only_old:
+            parts.append(f"{len(only_old)} only in the folder ({_few(only_old)})")
+        if only_new:
+            parts.append(f"{len(only_new)} only in this run ({_few(only_new)})")
+        if changed:
+            i = changed[0]
+            parts.append(f"{len(changed)} with another text (e.g. {i}: {have[i][:40]!r} in the folder, "
+                         f"{want[i][:40]!r} now)")
+        if len(parts) == 1:
+            parts.append("the same ids and texts in another order or with other categories")
+        return ", ".join(parts)
+
+    def remove_unstarted(self) -> None:
+        """Remove what a run that has produced no image yet wrote (run.json, prompts, rewrites, journals, locks),
+        so that a command failing before its first result leaves the folder as it found it."""
+        for p in (self.path / "images", self.journal_dir):
+            if p.exists():
+                shutil.rmtree(p)
+        for p in (self.run_json, self.prompts_path, self.path / "beautified.json", self.path / ".merge.lock"):
+            p.unlink(missing_ok=True)
+
     def reset(self) -> None:
-        """Remove images, manifest, journals and scores (for --force)."""
+        """Remove images, manifest, journals, scores and cached prompt rewrites (for --force)."""
         for p in (self.path / "images", self.journal_dir, self.scores_dir):
             if p.exists():
                 shutil.rmtree(p)
-        for p in (self.manifest_path, self.run_json, self.prompts_path):
+        for p in (self.manifest_path, self.run_json, self.prompts_path, self.path / "beautified.json"):
             p.unlink(missing_ok=True)
 
     # ---- images -------------------------------------------------------------------------------------------------
@@ -127,7 +197,10 @@ class RunFolder:
         """Write one PNG atomically; returns (relative path, sha256 of the file, size in bytes)."""
         data = encode_png(image_u8)
         rel = image_relpath(prompt_id, sample)
-        _write_then_rename(self.path / rel, data)
+        # No fsync per image: it cost ~10 % of the time of small images and only guards against a machine crash (a
+        # killed process loses nothing already written); after one, the resume check (size as journaled, PNG end
+        # chunk) finds a torn image and makes it again.
+        write_then_rename(self.path / rel, data, fsync=False)
         return rel, sha256_bytes(data), len(data)
 
     def image_complete(self, row: dict[str, Any]) -> bool:
@@ -181,7 +254,7 @@ class RunFolder:
 
         frames = []
         if self.manifest_path.exists():
-            frames.append(pd.read_parquet(self.manifest_path))
+            frames.append(_read_parquet(self.manifest_path, KEY_COLUMNS))
         jrows = self._journal_rows()
         if jrows:
             frames.append(pd.DataFrame(jrows))
@@ -249,12 +322,10 @@ class RunFolder:
         atomic_write_bytes(self.prompts_path, buf.getvalue())
 
     def read_prompts(self):
-        import pandas as pd
-
         if not self.prompts_path.exists():
             raise UserError(f"run folder {self.path} has no prompts.parquet (made by a k3eval before 0.1?): "
                             "rerun `k3eval generate` with the same arguments to merge it")
-        return pd.read_parquet(self.prompts_path)
+        return _read_parquet(self.prompts_path, ("prompt_id", "prompt", "category"))
 
     def ok_rows(self):
         """Manifest rows whose status is 'ok' (what metrics and studies use)."""
@@ -265,19 +336,41 @@ class RunFolder:
         return self.path / str(row["path"])
 
 
-def _write_then_rename(path: Path, data: bytes) -> None:
-    """Like `atomic_write_bytes` without the fsync: an fsync per image cost ~10 % of the time of small images, and
-    it only guards against a machine crash (a killed process loses nothing already written). After a machine crash
-    the resume check (size as journaled, PNG end chunk) finds a torn image and makes it again."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def recorded_identity(info: dict[str, Any]) -> dict[str, Any]:
+    """The identity a run.json records. Folders of k3eval 0.1 stored only generator, params, seed and the prompt set's
+    name there; the rest of their run.json holds what is now in it (selection hash, samples, dtype, seed rule,
+    beautify model), so their identity is completed from it and they can still be resumed."""
+    ident = dict(info["identity"]) if isinstance(info.get("identity"), dict) else {}
+    sections = {k: info.get(k) if isinstance(info.get(k), dict) else {} for k in ("prompt_set", "generator", "seed")}
+    derived = {"prompts": sections["prompt_set"].get("hash"), "samples": info.get("samples"),
+               "dtype": sections["generator"].get("dtype"), "seed_rule": sections["seed"].get("rule"),
+               "beautify": (info.get("beautify") or {}).get("model") if isinstance(info.get("beautify"), dict)
+               else None}
+    for key, value in derived.items():
+        if key not in ident and (value is not None or key == "beautify"):
+            ident[key] = value
+    return ident
+
+
+def _read_parquet(path: Path, columns: Iterable[str]):
+    """A parquet file of the run folder, or a one-line error when it is truncated, corrupt or not the run's."""
+    import pandas as pd
+    import pyarrow
+
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        df = pd.read_parquet(path)
+    except (pyarrow.ArrowException, OSError, ValueError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{path} is truncated or corrupt ({first}); restore it from a copy, or make the run again "
+                        "with `k3eval generate ... --force`") from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise UserError(f"{path} is not a k3eval run file: it lacks the column(s) {', '.join(missing)}")
+    return df
+
+
+def _few(ids: list[str], n: int = 3) -> str:
+    return ", ".join(ids[:n]) + (", ..." if len(ids) > n else "")
 
 
 def _ends_without_newline(path: Path) -> bool:
@@ -307,7 +400,13 @@ def load_run(path: str | Path) -> RunFolder:
     run = RunFolder(path)
     if not run.path.exists():
         raise UserError(f"run folder not found: {run.path}")
-    run.read_info()
+    if not run.path.is_dir():
+        raise UserError(f"{run.path} is a file, not a run folder")
+    info = run.read_info()
+    missing = [f"{a}.{b}" for a, b in RUN_FIELDS if not isinstance(info.get(a), dict) or not info[a].get(b)]
+    if missing:
+        raise UserError(f"{run.run_json} lacks what a run records ({', '.join(missing)}): it was not written by "
+                        "`k3eval generate` or `k3eval import`")
     if not run.manifest_path.exists() and not run.journal_dir.exists():
         raise UserError(f"run folder {run.path} has no manifest.parquet: generate into it first")
     return run

@@ -108,3 +108,15 @@ def test_generate_stage_makes_and_imports_runs(tmp_path, capsys):
     sha = imp.read_manifest()["sha256"].tolist()
     run_benchmark(tmp_path / "bench.yaml", stages=["generate"], progress=False, root=tmp_path)
     assert imp.read_manifest()["sha256"].tolist() == sha and "imported run present" in capsys.readouterr().out
+
+
+def test_a_missing_reference_file_blocks_scoring_but_not_generating(tmp_path):
+    """The reference is built by users after (or apart from) generation: a generate-only run must not need it, while
+    a run that scores is refused before anything is made."""
+    from k3eval.benchmark import validate_benchmark
+
+    path = _write(tmp_path, {**BASE, "metrics": {"metrics": ["fid"], "reference": "refs/missing.npz"}})
+    ctx = BenchmarkContext(load_benchmark(path), path, root=tmp_path)
+    validate_benchmark(ctx, ["generate"])
+    with pytest.raises(UserError, match=r"metrics: --reference: not found: .*missing.npz"):
+        validate_benchmark(ctx, ["generate", "score"])

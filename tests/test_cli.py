@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,12 @@ def test_prompts_list_and_show(capsys):
     assert main(["prompts", "show", "parti", "--category", "Animals", "--limit", "3"]) == 0
     rows = [ln.split("\t") for ln in capsys.readouterr().out.strip().splitlines()]
     assert len(rows) == 3 and all(r[1] == "Animals" and r[0].startswith("parti-") for r in rows)
+    # --categories as everywhere else (the old --category stays an alias), and the other selection options
+    assert main(["prompts", "show", "parti", "--categories", "Animals,Food & Beverage", "--per-category", "2"]) == 0
+    rows = [ln.split("\t") for ln in capsys.readouterr().out.strip().splitlines()]
+    assert sorted(r[1] for r in rows) == ["Animals", "Animals", "Food & Beverage", "Food & Beverage"]
+    assert main(["prompts", "show", "parti", "--categories", "Animalz"]) == 2
+    assert "did you mean 'Animals'" in capsys.readouterr().err
 
 
 def test_generators_list(capsys):
@@ -127,3 +134,43 @@ def test_demo_end_to_end(tmp_path):
     html = index.read_text(encoding="utf-8")
     assert "<html" in html and "data:image/" in html
     assert (tmp_path / "runs" / "smoke" / "tiny-sd" / "manifest.parquet").exists()
+
+
+NOISE_BENCH = """name: v
+prompts: {set: PROMPTS}
+generators_file: catalog.yaml
+generators:
+  - generator: noise
+    params: {height: 16, width: 16, delay: 0.0}
+"""
+
+
+def test_whole_benchmark_checked_before_the_first_image(tmp_path, monkeypatch, capsys):
+    """A reference the benchmark names must exist before generating; a device or output folder only for the stages
+    that run now; an error in any section stops the run before the first image."""
+    (tmp_path / "catalog.yaml").write_text("noise:\n  class: test_crash_safety:NoiseGenerator\n  offline: true\n")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red cube\na blue ball\n", encoding="utf-8")
+    bench = tmp_path / "b.yaml"
+    base = NOISE_BENCH.replace("PROMPTS", str(prompts))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("x")
+    bench.write_text(base + "metrics: {reference: refs/coco.npz, device: banana-free}\n")
+    assert main(["run", str(bench), "--stage", "generate", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"b.yaml: metrics: --reference: not found: .*refs/coco.npz", err), err
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "refs").mkdir()
+    (tmp_path / "refs" / "coco.npz").write_bytes(b"made later by k3eval reference build")
+    assert main(["run", str(bench), "--stage", "generate", "--quiet"]) == 2
+    assert "metrics: device: unknown device 'banana-free'" in capsys.readouterr().err  # a typo is found at once
+    bench.write_text(base + "metrics: {reference: refs/coco.npz, device: cuda:7}\nreport: {out: a-file}\n"
+                     "study: {annotators: 2, simulate: {annotators: 2}}\n")
+    assert main(["run", str(bench), "--stage", "generate", "--quiet"]) == 0  # cuda:7 and a-file: later stages
+    assert len(pd.read_parquet(tmp_path / "runs/v/noise/manifest.parquet")) == 2
+    assert main(["run", str(bench), "--stage", "report", "--quiet"]) == 2
+    assert re.search(r"b.yaml: report.out \S*a-file: this is a file, not a folder", capsys.readouterr().err)
+    bench.write_text(base + "study: {annotators: 2, simulate: {annotatorz: 2}}\n")
+    assert main(["run", str(bench), "--stage", "generate", "--force", "--quiet"]) == 2
+    assert "study.simulate: annotatorz: unknown key" in capsys.readouterr().err
+    assert len(pd.read_parquet(tmp_path / "runs/v/noise/manifest.parquet")) == 2  # --force did not start

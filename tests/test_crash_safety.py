@@ -208,3 +208,21 @@ def test_bad_outputs_counted_reported_and_retried(tmp_path, user_catalog, prompt
     clean = RunFolder(fp32).read_manifest().set_index("prompt_id")
     assert after.loc["q01", "sha256"] == clean.loc["q01", "sha256"]
     assert after.loc["q02", "sha256"] == clean.loc["q02", "sha256"]
+
+
+def test_ctrl_c_message_starts_a_line_of_its_own(tmp_path, user_catalog, prompt_file):
+    """The progress bar ends each refresh with a carriage return; 'k3eval: interrupted' must not be glued to it."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(k3eval_cmd("generate", "noise", "--prompts", str(prompt_file), "--out", str(out),
+                                       "--set", "delay=0.2"), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and len(list(out.glob("images/*/*.png"))) < 2:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert "noise ->" in err  # the bar was drawn
+    lines = [ln for ln in err.split("\n") if ln.strip(" \r")]
+    assert lines[-1] == "k3eval: interrupted", err[-300:]
+    assert RunFolder(out).read_info()["status"] == "running"  # a started run is kept, to resume

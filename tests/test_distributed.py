@@ -64,6 +64,14 @@ def test_torchrun_two_processes_equal_one(tmp_path, prompt_csv):
     single = subprocess.run([sys.executable, "-m", "k3eval", *common, "--out", str(tmp_path / "one")], cwd=ROOT,
                             env=_env(), capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr
+    # a folder an earlier job left before its first image (killed while loading, with other settings): the ranks of
+    # the corrected job take it over instead of refusing it as another run
+    from k3eval.generate import run_info
+    from k3eval.prompts import load_prompt_set
+
+    dead = RunFolder(tmp_path / "two")
+    dead.write_info({**run_info(get_entry("tiny-sd").create({"steps": 3}), load_prompt_set(str(prompt_csv)), 2, 0),
+                     "status": "running"})
     multi = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "k3eval", *common,
                             "--out", str(tmp_path / "two")], cwd=ROOT, env=_env(), capture_output=True, text=True,
                            timeout=600)
@@ -117,10 +125,15 @@ def test_all_shards_finishing_merges_without_a_command(tmp_path, tiny_sd):
 def test_merge_cli(tmp_path, tiny_sd):
     out = tmp_path / "cli"
     generate_run(tiny_sd, PROMPTS.select(limit=2), out, shard=(0, 2), progress=False)
-    proc = subprocess.run([sys.executable, "-m", "k3eval", "runs", "merge", str(out)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    merge = [sys.executable, "-m", "k3eval", "runs", "merge", str(out)]
+    proc = subprocess.run(merge, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # an incomplete run is merged, said so, and exits 1 unless --allow-incomplete
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "1 of 2 images" in proc.stdout and "1 missing" in proc.stdout
+    assert "is incomplete: 1 of 2 images are missing" in proc.stderr and "--allow-incomplete" in proc.stderr
+    proc = subprocess.run(merge + ["--allow-incomplete"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 of 2 images" in proc.stdout and RunFolder(out).read_info()["status"] == "incomplete"
     shutil.rmtree(out / "images")
     (out / "run.json").unlink()
     proc = subprocess.run([sys.executable, "-m", "k3eval", "runs", "merge", str(out)], cwd=ROOT, capture_output=True,

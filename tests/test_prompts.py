@@ -96,6 +96,10 @@ def test_drawbench_from_user_path(tmp_path):
     (b"prompt\na cat\na cat\n", ".csv", "duplicate prompt"),
     (b"prompt\nok\nbad \xff byte\n", ".csv", "not valid UTF-8 \\(line 3"),
     (b'{"prompt": "a"}\n{not json\n', ".jsonl", "line 2: not valid JSON"),
+    (b'{"prompt": "a"}\n{"prompt": 5}\n', ".jsonl", r"line 2: the prompt \('prompt'\) must be a string, got int 5"),
+    (b'{"prompt": "a"}\n{"prompt": null}\n', ".jsonl", r"line 2: the prompt \('prompt'\) must be a string, got "
+     "NoneType null"),
+    (b'{"prompt": "a"}\n{"prompt": " "}\n', ".jsonl", "line 2: the prompt is empty"),
     (b"prompt\n", ".csv", "has no prompts"),
     (b"a,b\n", ".xlsx", "unsupported extension"),
     (b"id,prompt\nbad/id,a cat\n", ".csv", "not a valid id"),

@@ -302,14 +302,44 @@ def test_quality_control_flags_exactly_the_planted_problems():
                              created_at=t + n))
     qc = stats.quality_control(pd.DataFrame(rows)).set_index("annotator")
     assert set(qc.index[qc["flagged"]]) == {"lefty", "fast", "nogold", "flipper", "stuck"}
-    assert "position bias" in qc.loc["lefty", "flags"]
-    assert "fast" in qc.loc["fast", "flags"]
-    assert "gold accuracy" in qc.loc["nogold", "flags"]
-    assert "self-consistency" in qc.loc["flipper", "flags"]
-    assert "run of" in qc.loc["stuck", "flags"]
+    assert "left_bias" in qc.loc["lefty", "flags"].split(", ")
+    assert qc.loc["fast", "flags"] == "fast" and qc.loc["nogold", "flags"] == "gold"
+    assert qc.loc["flipper", "flags"] == "inconsistent" and "repeats consistent" in qc.loc["flipper", "reasons"]
+    assert "same_answer_run" in qc.loc["stuck", "flags"]
     assert qc.loc["good1", "gold_accuracy"] == 1.0 and qc.loc["good1", "self_consistency"] == 1.0
-    assert qc.loc["flipper", "self_consistency"] == 0.0
+    assert qc.loc["flipper", "self_consistency"] == 0.0 and qc.loc["flipper", "repeat_n"] == 8
+    # chance of naming the same winner twice at random: the sum of the squared answer shares on regular items
+    reg = pd.DataFrame(rows)
+    reg = reg[(reg["annotator"] == "good1") & ~reg["is_gold"] & ~reg["is_repeat"]]
+    shares = reg["winner"].value_counts(normalize=True)
+    assert qc.loc["good1", "consistency_chance"] == pytest.approx(float((shares ** 2).sum()))
+    from scipy.stats import binomtest
+
+    assert qc.loc["good1", "consistency_p"] == pytest.approx(
+        binomtest(8, 8, qc.loc["good1", "consistency_chance"], alternative="greater").pvalue)
     assert stats.longest_run("aabbbba") == 4 and stats.longest_run([]) == 0
+    assert set(stats.qc_rules()) == set(stats.QC_FLAGS)
+
+
+def test_self_consistency_needs_enough_repeated_items_and_counts_items_not_votes():
+    """A repeat is one item with two questions: it counts once, consistent only if both answers match. Fewer than
+    `min_repeat_items` repeated items never flag anyone, however inconsistent."""
+    rows = []
+    for n in range(40):
+        for q in ("alignment", "quality"):
+            rows.append(dict(annotator="x", item_id=n, question=q, answer="left", winner=["A", "B"][n % 2],
+                             model_a="A", model_b="B", is_gold=False, gold_answer=None, is_repeat=False,
+                             repeat_of=None, created_at=2 * n, seconds=5.0))
+    for k, n in enumerate(range(4)):  # four repeats: the alignment answer flips, the quality answer holds
+        for q in ("alignment", "quality"):
+            flip = {"A": "B", "B": "A"} if q == "alignment" else {"A": "A", "B": "B"}
+            rows.append(dict(rows[2 * n + (q == "quality")], item_id=100 + k, is_repeat=True, repeat_of=n,
+                             winner=flip[["A", "B"][n % 2]], created_at=200 + k))
+    qc = stats.quality_control(pd.DataFrame(rows)).set_index("annotator")
+    assert qc.loc["x", "repeat_n"] == 4 and qc.loc["x", "repeat_consistent"] == 0
+    assert "inconsistent" not in qc.loc["x", "flags"]  # only 4 repeated items (< 5)
+    cfg = stats.QCConfig(min_repeat_items=4)
+    assert "inconsistent" in stats.quality_control(pd.DataFrame(rows), cfg).set_index("annotator").loc["x", "flags"]
 
 
 def test_sign_test_on_arrays_equals_scalars():
@@ -320,21 +350,132 @@ def test_sign_test_on_arrays_equals_scalars():
     np.testing.assert_allclose(out[:-1], [stats.sign_test(int(a), int(b)) for a, b in zip(w[:-1], lo[:-1])])
 
 
-def test_stratified_weights_keep_strata_sizes_and_match_plain_draw():
-    strata = np.array(["a"] * 5 + ["b"] * 3 + ["c"])
-    w = stats.stratified_resample_weights(strata, 400, seed=2)
-    for s in "abc":
-        assert np.all(w[:, strata == s].sum(axis=1) == (strata == s).sum())
-    assert w[:, strata == "c"].min() == 1  # a single-prompt stratum is always drawn once
-    # one stratum: the same draws as the plain prompt bootstrap, so tie_half_ci and ratio_bootstrap_ci agree
+def test_rescaled_weights_keep_strata_and_give_the_unbiased_variance():
+    strata = np.array(["a"] * 2 + ["b"] * 2 + ["c"] * 5 + ["d"] + ["e"])
+    w = stats.rescaled_resample_weights(strata, 20000, seed=2)
+    # n_h - 1 draws of weight n_h / (n_h - 1): each stratum keeps its total weight n_h
+    for s_ in "abc":
+        np.testing.assert_allclose(w[:, strata == s_].sum(axis=1), (strata == s_).sum())
+    # the two single-prompt strata are pooled into one stratum of two: one is drawn, with weight 2
+    single = w[:, np.isin(strata, ["d", "e"])]
+    assert set(np.unique(single)) == {0.0, 2.0} and np.all(single.sum(axis=1) == 2)
+    np.testing.assert_array_equal(stats.stratum_codes(strata), [0, 0, 1, 1, 2, 2, 2, 2, 2, 3, 3])
+    # the bootstrap variance of a stratified total is the unbiased sum_h n_h s_h^2 (a plain bootstrap gives
+    # sum_h (n_h - 1) s_h^2: half of it at two units per stratum)
     rng = np.random.default_rng(0)
-    groups = np.repeat(np.arange(30), 4)
-    out = rng.choice([0.0, 0.5, 1.0], size=120)
-    sums = np.bincount(groups, weights=out)[:, None]
-    counts = np.bincount(groups).astype(float)[:, None]
-    lo, hi = stats.ratio_bootstrap_ci(stats.group_resample_weights(30, 500, 9), sums, counts)
-    assert (lo[0], hi[0]) == pytest.approx(stats.tie_half_ci(out, groups, n_resamples=500, seed=9))
-    # the same ratio computed one resample at a time
-    wts = stats.group_resample_weights(30, 500, 9)
-    ratios = [(row @ sums[:, 0]) / (row @ counts[:, 0]) for row in wts]
-    assert (lo[0], hi[0]) == pytest.approx(tuple(np.quantile(ratios, [0.025, 0.975])))
+    y = rng.normal(size=strata.size)
+    expected = sum((strata == s_).sum() * np.var(y[strata == s_], ddof=1) for s_ in "abc")
+    expected += 2 * np.var(y[np.isin(strata, ["d", "e"])], ddof=1)
+    assert np.var(w @ y) == pytest.approx(expected, rel=0.05)
+    assert np.all(stats.rescaled_resample_weights(["x"], 5, 0) == 1.0)
+    with pytest.raises(UserError, match="n_resamples"):
+        stats.rescaled_resample_weights(strata, 0, 0)
+
+
+def test_resampling_totals_equal_a_loop_over_votes():
+    rng = np.random.default_rng(4)
+    n_votes, n_prompts, n_ann, n_cells = 300, 40, 6, 5
+    prompt = rng.integers(0, n_prompts, n_votes)
+    ann = rng.integers(0, n_ann, n_votes)
+    cell = rng.integers(0, n_cells, n_votes)
+    x = rng.choice([0.0, 0.5, 1.0], n_votes)
+    for two in (False, True):
+        r = stats.prompt_resampling(np.arange(n_prompts) % 4, 50, seed=1, n_annotators=n_ann if two else None)
+        got = r.totals(prompt, ann, cell, x, n_cells)
+        w = r.prompt[:, prompt] * (r.annotator[:, ann] if two else 1.0)
+        want = np.stack([(w * (cell == c) * x).sum(axis=1) for c in range(n_cells)], axis=1)
+        np.testing.assert_allclose(got, want)
+    with pytest.raises(UserError, match="at least 2 annotators"):
+        stats.prompt_resampling(np.zeros(3), 10, 0, n_annotators=1)
+
+
+def test_sign_flip_matches_scipy_permutation_test():
+    from scipy.stats import permutation_test
+
+    rng = np.random.default_rng(5)
+    d = rng.choice([-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0], size=(14, 3))
+    d[:, 2] = 0.0
+    d[:4, 2] = [0.5, 1.0, 0.5, 1.5]
+    p = stats.sign_flip_pvalues(d, seed=0)
+    for c in range(3):
+        x = d[d[:, c] != 0, c]
+        ref = permutation_test((x,), lambda a, axis: a.sum(axis=axis), permutation_type="samples",
+                               n_resamples=np.inf, vectorized=True).pvalue
+        assert p[c] == pytest.approx(ref, abs=1e-12)  # exact enumeration below 17 prompts
+    # beyond exact_max: Monte Carlo with (1 + hits) / (1 + flips), close to the exact value
+    big = rng.choice([-1.0, -0.5, 0.5, 1.0, 1.5], size=40)
+    ref = permutation_test((big,), lambda a, axis: a.sum(axis=axis), permutation_type="samples",
+                           n_resamples=200_000, vectorized=True, rng=1).pvalue
+    assert stats.sign_flip_pvalues(big, n_flips=20_000, seed=3)[0] == pytest.approx(ref, abs=0.015)
+    assert stats.sign_flip_pvalues(big, n_flips=999, seed=3)[0] >= 1 / 1000
+    assert np.isnan(stats.sign_flip_pvalues(np.zeros((5, 1)))[0])
+    # seeded
+    assert stats.sign_flip_pvalues(big, 500, seed=1)[0] == stats.sign_flip_pvalues(big, 500, seed=1)[0]
+
+
+def test_bootstrap_pvalues_and_t_widening():
+    boot = np.array([[0.50, 0.6], [0.55, 0.7], [0.60, 0.8], [0.65, 0.9]])
+    # column 0: estimate 0.6, null 0.5: only the resample at 0.50 lies 0.1 or more from the estimate; column 1: none
+    p = stats.bootstrap_pvalues(np.array([0.6, 0.75]), boot, 0.5)
+    assert p[0] == pytest.approx((1 + 1) / 5) and p[1] == pytest.approx((1 + 0) / 5)
+    from scipy.stats import norm, t
+
+    lo, hi = stats.t_widened(np.array([0.5]), np.array([0.4]), np.array([0.7]), np.array([12]))
+    f = t.ppf(0.975, 12) / norm.ppf(0.975)
+    assert (lo[0], hi[0]) == pytest.approx((0.5 - 0.1 * f, 0.5 + 0.2 * f))
+    assert np.isnan(stats.t_widened(np.array([0.5]), np.array([0.4]), np.array([0.6]), np.array([0]))[0][0])
+    lo, hi = stats.t_widened(np.array([0.95]), np.array([0.9]), np.array([0.99]), np.array([3]), bounds=(0, 1))
+    assert hi[0] == 1.0
+
+
+def test_design_effect_matches_one_way_anova():
+    from scipy.stats import f_oneway
+
+    rng = np.random.default_rng(6)
+    k, m = 40, 3  # balanced: rho = (F - 1) / (F + m - 1)
+    y = rng.normal(size=(k, 1)) * 0.8 + rng.normal(size=(k, m))
+    f = f_oneway(*y).statistic  # each row of y is one cluster
+    rho, deff = stats.design_effect(y.sum(axis=1)[:, None], (y ** 2).sum(axis=1)[:, None],
+                                    np.full((k, 1), float(m)))
+    assert rho[0] == pytest.approx((f - 1) / (f + m - 1))
+    assert deff[0] == pytest.approx(1 + (m - 1) * rho[0])
+    # no clustering at all: clipped at 0; a single cluster: undefined
+    flat = np.array([[1.0], [1.0]])
+    assert stats.design_effect(flat, flat, np.array([[2.0], [2.0]]))[0][0] == 0.0
+    assert np.isnan(stats.design_effect(np.array([[3.0]]), np.array([[5.0]]), np.array([[3.0]]))[0][0])
+
+
+def test_agreement_resampling_equals_duplicating_items():
+    """An item drawn twice in a resample counts as two items: integer item weights give exactly the statistics of
+    the ratings matrix with those items repeated (checked against the krippendorff package and statsmodels)."""
+    import krippendorff
+    from statsmodels.stats.inter_rater import fleiss_kappa
+
+    r = _ratings(4, 30, 3, 0.0, 11)
+    r[:, :10] = np.where(np.random.default_rng(1).random((4, 10)) < 0.3, np.nan, r[:, :10])
+    parts = stats.agreement_parts(r, r, [0.0, 1.0, 2.0])
+    point = stats.agreement_values(parts, np.ones((1, 30)))
+    assert point["krippendorff_alpha"][0] == pytest.approx(stats.krippendorff_alpha(r, "ordinal", [0, 1, 2]))
+    assert point["raw_agreement"][0] == pytest.approx(stats.raw_agreement(r))
+    assert point["majority_agreement"][0] == pytest.approx(stats.majority_agreement(r)[0])
+    counts = np.random.default_rng(2).multinomial(30, np.ones(30) / 30)
+    got = stats.agreement_values(parts, counts[None, :].astype(float))
+    dup = np.repeat(r, counts, axis=1)
+    ref = krippendorff.alpha(reliability_data=dup, level_of_measurement="ordinal", value_domain=[0, 1, 2])
+    assert got["krippendorff_alpha"][0] == pytest.approx(ref, abs=1e-10)
+    assert got["raw_agreement"][0] == pytest.approx(stats.raw_agreement(dup))
+    assert got["majority_agreement"][0] == pytest.approx(stats.majority_agreement(dup)[0])
+    full = dup[:, (~np.isnan(dup)).sum(axis=0) == 4]
+    table = np.stack([(full == v).sum(axis=0) for v in (0.0, 1.0, 2.0)], axis=1)
+    assert got["fleiss_kappa"][0] == pytest.approx(fleiss_kappa(table, method="fleiss"), abs=1e-12)
+
+
+def test_bradley_terry_with_the_shared_resampling_equals_its_own():
+    rng = np.random.default_rng(8)
+    names = np.array(["a", "b", "c"])
+    i, j, out, groups = _simulate_pairs(np.array([0.0, 0.5, 1.0]), 300, rng, per_group=3)
+    own = stats.bradley_terry(names[i], names[j], out, groups=groups, n_resamples=200, seed=4)
+    shared = stats.prompt_resampling(np.zeros(int(groups.max()) + 1), 200, seed=4)
+    via = stats.bradley_terry(names[i], names[j], out, groups=groups, resampling=shared)
+    np.testing.assert_allclose(own.elo_lo, via.elo_lo)
+    np.testing.assert_allclose(own.elo_hi, via.elo_hi)

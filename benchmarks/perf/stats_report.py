@@ -10,7 +10,8 @@ Reference tools in the same run, on the same data (ratios > 1 mean k3eval is fas
 - Bradley-Terry bootstrap: k3eval's batched Newton over 1,000 resamples vs choix.ilsr_pairwise refitted per resample
   (timed on 50 resamples, scaled to 1,000);
 - Krippendorff's alpha (ordinal, missing ratings) vs the krippendorff package;
-- tie-as-half prompt bootstrap of one comparison: vectorised `tie_half_ci` vs the generic `bootstrap_ci` loop.
+- the prompt-level sign-flip test of one comparison (10,000 random sign patterns): `stats.sign_flip_pvalues` vs
+  `scipy.stats.permutation_test` (one-sample, permutation_type="samples").
 
     .venv/bin/python benchmarks/perf/stats_report.py            # writes benchmarks/perf/results/stats_report.json
     .venv/bin/python benchmarks/perf/stats_report.py --quick    # smaller, for a smoke check (not committed)
@@ -106,15 +107,19 @@ def bench_stats(n_prompts: int, votes_per_prompt: int, resamples: int) -> dict:
                                  "krippendorff_package_seconds": round(t_kr, 4), "speedup": round(t_kr / t_k, 1),
                                  "abs_difference": float(abs(a_k - a_kr))}
 
-    # reference 3: one comparison's tie-as-half prompt bootstrap, vectorised vs the generic loop
-    one = d[(d["model_a"] == "gen-0") & (d["model_b"] == "gen-5")]
-    t_v, ci_v = _timed(lambda: stats.tie_half_ci(one["score"], one["prompt_id"], n_resamples=resamples, seed=0))
-    t_l, ci_l = _timed(lambda: stats.bootstrap_ci(one["score"].to_numpy(), one["prompt_id"].to_numpy(),
-                                                  n_resamples=resamples, seed=0))
-    out["tie_half_bootstrap_one_comparison"] = {"votes": int(len(one)), "vectorised_seconds": round(t_v, 4),
-                                                "loop_seconds": round(t_l, 3), "speedup": round(t_l / t_v, 1),
-                                                "ci_vectorised": [round(x, 4) for x in ci_v],
-                                                "ci_loop": [round(x, 4) for x in ci_l]}
+    # reference 3: the prompt-level test of one comparison, k3eval's batched sign flips vs scipy's permutation_test
+    from scipy.stats import permutation_test
+
+    one = d[(d["model_a"] == "gen-0") & (d["model_b"] == "gen-1")]
+    per_prompt = (one["score"] - 0.5).groupby(one["prompt_id"]).sum().to_numpy()
+    t_v, p_v = _timed(lambda: stats.sign_flip_pvalues(per_prompt, n_flips=10_000, seed=0)[0])
+    t_s, p_s = _timed(lambda: permutation_test((per_prompt,), lambda x, axis: x.sum(axis=axis),
+                                               permutation_type="samples", n_resamples=10_000, vectorized=True,
+                                               rng=0).pvalue)
+    out["sign_flip_test_one_comparison"] = {"prompts": int(per_prompt.size), "flips": 10_000,
+                                            "k3eval_seconds": round(t_v, 4), "scipy_seconds": round(t_s, 4),
+                                            "speedup": round(t_s / t_v, 1), "p_k3eval": round(float(p_v), 4),
+                                            "p_scipy": round(float(p_s), 4)}
     return out
 
 

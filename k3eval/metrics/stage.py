@@ -86,9 +86,10 @@ def resolve_reference(spec: str | None, ctx) -> str | None:
     return str(resolve_relative(ctx.source, spec))
 
 
-def score_options(ctx) -> ScoreOptions:
+def score_options(ctx, stage_runs_now: bool = True) -> ScoreOptions:
     """The benchmark's `metrics:` section as score options, checked whole (names, settings, reference form) without
-    loading anything: a mistake there is found before any stage runs."""
+    loading anything: a mistake there is found before any stage runs. A reference file must exist only when the
+    score stage runs now (a generate-only run may precede `k3eval reference build`)."""
     from k3eval.metrics.score import ScoreOptions, check_options
 
     sec: MetricsSection = validate_section(str(ctx.source), "metrics", MetricsSection, ctx.spec.metrics)
@@ -105,7 +106,7 @@ def score_options(ctx) -> ScoreOptions:
         device=sec.device or ctx.spec.device, batch_size=sec.batch_size, progress=ctx.progress,
         settings=sec.settings)
     try:
-        check_options(opts, reference_made_later=(sec.reference or "").startswith("run:"))
+        check_options(opts, reference_made_later=(sec.reference or "").startswith("run:") or not stage_runs_now)
     except UserError as e:
         raise UserError(f"{ctx.source}: metrics: {e}") from None
     return opts

@@ -161,7 +161,10 @@ def _rows_from_records(path: Path, records: list[tuple[int, dict]], prefix: str)
             raise UserError(f"prompt file {path}, line {line}: no '{pcol}' field (the prompt column, as on the first "
                             "row)")
         text = rec.get(pcol)
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str):
+            raise UserError(f"prompt file {path}, line {line}: the prompt ('{pcol}') must be a string, got "
+                            f"{type(text).__name__} {json.dumps(text)[:40]}")
+        if not text.strip():
             raise UserError(f"prompt file {path}, line {line}: the prompt is empty")
         text = text.strip()
         category = str(rec.get(ccol) or "uncategorized").strip() if ccol else "uncategorized"

@@ -1,6 +1,8 @@
 """Report figures (matplotlib, Agg): titled, labelled with units, and readable in grey (shades plus hatches).
 
-Every function returns PNG bytes; `build.py` writes them to figures/ and embeds the same bytes in index.html.
+Preference charts give each system its colour (the second system's segments also hatched); interval whiskers are
+drawn black on a white halo so they stay visible on every segment. Every function returns PNG bytes; the build
+writes them to figures/ and embeds the same bytes in index.html.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ import textwrap
 import numpy as np
 import pandas as pd
 
-# Result segments of the preference bars, in drawing order: grey shade and hatch, so print and colour-blind
-# readers can tell them apart without colour.
-SEGMENTS = [("win", "A better", "#3a3a3a", ""), ("equal", "equal", "#bdbdbd", "/"),
-            ("both_bad", "both bad", "#f0f0f0", "x"), ("loss", "B better", "#7a7a7a", ".")]
+# Neither-system segments of the preference bars: grey shades plus hatches, readable in print and in grey.
+EQUAL = ("#d0d0d0", "")
+BOTH_BAD = ("#8a8a8a", "xx")
+B_HATCH = "//"  # the second system's segment is hatched, so the two systems differ in grey too
 DPI = 100
 
 
@@ -38,34 +40,95 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def preference_bars(rows: pd.DataFrame, model_a: str, model_b: str, question: str, level: float = 0.95) -> bytes:
-    """Horizontal stacked bars of win / equal / both bad / loss (% of votes) per category, overall first, with the
-    tie-as-half score of model A and its bootstrap interval drawn over each bar."""
-    plt = _plt()
-    labels = [f"{c} (n={n})" for c, n in zip(rows["category"], rows["n"])]
-    y = np.arange(len(rows))[::-1]
-    fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.32 * len(rows)))
+def _n_label(prompts: int, votes: int) -> str:
+    return f"n = {int(prompts)} prompts, {int(votes)} votes"
+
+
+def _stacked(ax, y: np.ndarray, rows: pd.DataFrame, colour_a: list[str], colour_b: list[str]) -> None:
+    """Win / equal / both bad / loss segments (in % of votes), the first system in its colour, the second in its
+    colour with a hatch; percentages written inside segments wide enough to hold them."""
     left = np.zeros(len(rows))
-    for key, name, shade, hatch in SEGMENTS:
-        share = rows[f"{key}_share"].to_numpy(dtype=float) * 100
-        name = name.replace("A", model_a).replace("B", model_b) if key in ("win", "loss") else name
-        ax.barh(y, share, left=left, color=shade, hatch=hatch, edgecolor="#222222", linewidth=0.5, label=name)
+    segments = [("win_share", colour_a, ""), ("equal_share", [EQUAL[0]] * len(rows), EQUAL[1]),
+                ("both_bad_share", [BOTH_BAD[0]] * len(rows), BOTH_BAD[1]), ("loss_share", colour_b, B_HATCH)]
+    for key, colours, hatch in segments:
+        share = rows[key].to_numpy(dtype=float) * 100
+        ax.barh(y, share, left=left, color=colours, hatch=hatch, edgecolor="#222222", linewidth=0.5)
+        for yy, x0, w in zip(y, left, share):
+            if w >= 9:
+                ax.text(x0 + w / 2, yy, f"{w:.0f}%", ha="center", va="center", fontsize=7.5, color="black",
+                        bbox={"boxstyle": "round,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.7})
         left += share
+
+
+def _whiskers(ax, y: np.ndarray, rows: pd.DataFrame) -> None:
+    """The tie-as-half score as a diamond with its interval: black on a white halo, so it stays visible on every
+    segment colour; rows without an interval get the diamond alone."""
+    import matplotlib.patheffects as pe
+
     score = rows["score"].to_numpy(dtype=float) * 100
-    err = np.vstack([score - rows["score_lo"].to_numpy(dtype=float) * 100,
-                     rows["score_hi"].to_numpy(dtype=float) * 100 - score])
-    ax.errorbar(score, y, xerr=np.nan_to_num(err), fmt="D", color="white", markeredgecolor="black", ecolor="black",
-                elinewidth=1.2, capsize=3, markersize=5,
-                label=f"score of {model_a}\n(ties as half), {level:.0%} CI")
-    ax.axvline(50, color="black", linestyle=":", linewidth=0.8)
+    lo = rows["score_lo"].to_numpy(dtype=float) * 100
+    hi = rows["score_hi"].to_numpy(dtype=float) * 100
+    has = np.isfinite(lo) & np.isfinite(hi)
+    halo = [pe.withStroke(linewidth=3.5, foreground="white")]
+    if has.any():
+        _, caps, bars = ax.errorbar(score[has], y[has], xerr=np.vstack([score[has] - lo[has], hi[has] - score[has]]),
+                                    fmt="none", ecolor="black", elinewidth=1.4, capsize=4, capthick=1.4, zorder=4)
+        for artist in (*caps, *bars):
+            artist.set_path_effects(halo)
+    ax.plot(score, y, "D", color="white", markeredgecolor="black", markersize=6, zorder=5)
+
+
+def summary_bars(rows: pd.DataFrame, colours: dict[str, str], level: float = 0.95) -> bytes:
+    """The summary chart, after the Kandinsky 3 report's side-by-side charts: one horizontal stacked bar per
+    comparison and question (first system's wins in its colour, equal, both bad, second system's wins in its colour),
+    the 50 % line, the tie-as-half score with its interval, and n = prompts, votes under each label."""
+    plt = _plt()
+    n = len(rows)
+    fig, ax = plt.subplots(figsize=(9.0, 1.5 + 0.5 * n))
+    y = np.arange(n)[::-1].astype(float)
+    ca = [colours.get(m, "#555555") for m in rows["model_a"]]
+    cb = [colours.get(m, "#bbbbbb") for m in rows["model_b"]]
+    _stacked(ax, y, rows, ca, cb)
+    _whiskers(ax, y, rows)
+    ax.axvline(50, color="black", linestyle="--", linewidth=1.0, zorder=3)
+    labels = [f"{a} vs {b} · {q}\n{_n_label(p, v)}" for a, b, q, p, v in
+              zip(rows["model_a"], rows["model_b"], rows["question"], rows["n_prompts"], rows["n"])]
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel(f"share of votes (%)\n◆ score of the first system (ties as half) with its {level:.0%} interval; "
+                  "dashed line: 50 %")
+    ax.set_title("Which system do people prefer?")
+    from matplotlib.patches import Patch
+
+    seen = list(dict.fromkeys([*rows["model_a"], *rows["model_b"]]))
+    handles = [Patch(facecolor=colours.get(m, "#888888"), edgecolor="#222222",
+                     hatch="" if m in set(rows["model_a"]) else B_HATCH, label=f"{m} better") for m in seen]
+    handles += [Patch(facecolor=EQUAL[0], edgecolor="#222222", label="equal"),
+                Patch(facecolor=BOTH_BAD[0], edgecolor="#222222", hatch=BOTH_BAD[1], label="both bad")]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16 - 0.3 / max(n, 1)),
+              ncol=min(len(handles), 3), fontsize=8, frameon=False)
+    return _png(fig)
+
+
+def preference_bars(rows: pd.DataFrame, model_a: str, model_b: str, question: str, level: float = 0.95,
+                    colours: dict[str, str] | None = None) -> bytes:
+    """Horizontal stacked bars of win / equal / both bad / loss (% of votes) per category, overall first, in the two
+    systems' colours, with the tie-as-half score of model A and its interval (where one is given) over each bar."""
+    plt = _plt()
+    colours = colours or {}
+    labels = [f"{c} ({_n_label(p, n)})" for c, p, n in zip(rows["category"], rows["n_prompts"], rows["n"])]
+    y = np.arange(len(rows))[::-1].astype(float)
+    fig, ax = plt.subplots(figsize=(7.5, 1.4 + 0.32 * len(rows)))
+    _stacked(ax, y, rows, [colours.get(model_a, "#555555")] * len(rows), [colours.get(model_b, "#bbbbbb")] * len(rows))
+    _whiskers(ax, y, rows)
+    ax.axvline(50, color="black", linestyle="--", linewidth=0.9, zorder=3)
     if len(rows) > 1:  # the overall row comes first: set it apart from the categories
         ax.axhline(y[0] - 0.5, color="black", linewidth=1.2)
-    ax.set_yticks(y, labels)
+    ax.set_yticks(y, labels, fontsize=8)
     ax.get_yticklabels()[0].set_fontweight("bold")
     ax.set_xlim(0, 100)
-    ax.set_xlabel("share of votes (%)")
-    ax.set_title(textwrap.shorten(f"{question}: {model_a} vs {model_b}", 90))
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    ax.set_xlabel(f"share of votes (%); ◆ score of {model_a} (ties as half), {level:.0%} interval where given")
+    ax.set_title(textwrap.shorten(f"{question}: {model_a} (solid) vs {model_b} (hatched)", 90))
     return _png(fig)
 
 
@@ -128,4 +191,4 @@ def speed_bars(rows: pd.DataFrame) -> bytes:
     return _png(fig)
 
 
-__all__ = ["bradley_terry_plot", "metric_bars", "preference_bars", "speed_bars"]
+__all__ = ["bradley_terry_plot", "metric_bars", "preference_bars", "speed_bars", "summary_bars"]

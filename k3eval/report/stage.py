@@ -5,7 +5,8 @@ report:
   out: reports/smoke          # default: reports/<benchmark name>
   resamples: 1000             # bootstrap resamples of every interval
   seed: 0                     # default: the benchmark seed
-  examples: 4                 # examples of each kind
+  examples: 4                 # examples of each kind per comparison
+  two_level: false            # resample annotators as well as prompts (studies with few annotators)
   title: null                 # default: "k3eval report: <benchmark>"
   simulate:                   # only for demos: answer the study with simulated annotators first
     annotators: 3             # default: all of the study's annotators
@@ -36,6 +37,7 @@ class ReportSection(Strict):
     resamples: int = Field(default=1000, ge=1)
     seed: int | None = None
     examples: int = Field(default=4, ge=0)
+    two_level: bool = False
     title: str | None = None
     simulate: SimulateSection | None = None
 
@@ -89,7 +91,7 @@ def run_stage(ctx) -> None:
         out = ctx.root / out
     index = build_report(ctx.run_dirs(), out, study=study, db_url=db, n_resamples=sec.resamples,
                          seed=ctx.spec.seed if sec.seed is None else sec.seed, examples=sec.examples,
-                         title=sec.title)
+                         title=sec.title, two_level=sec.two_level)
     ctx.outputs["report"] = str(index)
     print(f"[report] {index}")
 

@@ -65,16 +65,21 @@ def parse_pairs(text: str) -> list[tuple[str, str]]:
 
 
 def cmd_create(args) -> int:
-    from k3eval.sbs import create_study, default_db_url
+    from k3eval.sbs import create_study, default_db_url, study_info
+    from k3eval.sbs.design import PAIRING_MODES
 
     db = args.db or default_db_url()
     created = create_study(args.name, parse_runs(args.runs), parse_annotators(args.annotators), args.overlap,
                            gold=args.gold, questions=args.questions, reference=args.reference, seed=args.seed,
-                           db_url=db, repeats=args.repeats, base_url=args.base_url, pairs=args.pairs)
+                           db_url=db, repeats=args.repeats, base_url=args.base_url, pairs=args.pairs,
+                           unpaired=args.unpaired)
     comps = ", ".join(f"{a} vs {b}" for a, b in created.comparisons)
     print(f"study {created.name!r} created in {db}: {created.n_items} items ({created.n_gold} gold) + "
           f"{created.n_repeats} swapped repeats, {len(created.tokens)} annotators, {created.n_assignments} shown "
           f"items in all; comparisons: {comps}")
+    pairing = study_info(created.name, db).get("pairing") or {}
+    print(f"pairing: {PAIRING_MODES.get(pairing.get('mode'), '?')}"
+          + "".join(f"; {d}" for d in pairing.get("differences", [])))
     print("Personal links (each holds a secret token, stored only hashed: this is the only time they are shown):")
     for name, link in created.links.items():
         print(f"  {name}\t{link}")
@@ -152,6 +157,9 @@ def register(subparsers) -> None:
                    help="swapped repeats as a fraction of each annotator's items (default 0.05)")
     c.add_argument("--questions", default="alignment,quality", help="comma-separated: alignment,quality (default)")
     c.add_argument("--seed", type=int, default=0, help="seed of the design: assignment, order, sides, gold")
+    c.add_argument("--unpaired", action="store_true",
+                   help="accept runs made with other benchmark seeds or samples per prompt (refused otherwise: not a "
+                   "paired comparison); the study records it")
     c.add_argument("--base-url", default="http://localhost:8501", help="where the app will be reachable (for links)")
     _db_arg(c)
     c.set_defaults(func=cmd_create)

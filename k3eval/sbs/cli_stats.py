@@ -18,13 +18,12 @@ def cmd_stats(args) -> int:
     votes = votes_frame(args.name, args.db)
     scores = load_metric_scores(info["runs"])
     result = analyze_votes(votes, scores, exclude_flagged=args.exclude_flagged, n_resamples=args.resamples,
-                           seed=args.seed)
+                           seed=args.seed, two_level=args.two_level, comparisons=info.get("comparisons"),
+                           questions=info.get("questions"))
     result.summary["study"] = info["name"]
     if info.get("simulated"):
         print("NOTE: this study holds simulated votes (k3eval sbs simulate), not human judgements.")
     print(format_overview(result))
-    if args.exclude_flagged:
-        print(f"(votes of flagged annotators left out: {', '.join(result.summary['flagged_annotators']) or 'none'})")
     if args.out:
         # a distinct suffix, so both variants can live in one folder (the report shows both)
         paths = write_stats(result, Path(args.out), suffix="_excluding_flagged" if args.exclude_flagged else "")
@@ -55,7 +54,9 @@ def register(sbs_subparsers) -> None:
     p.add_argument("--out", default=None, help="folder for the tables (CSV) and summary.json (names end in "
                    "_excluding_flagged with --exclude-flagged)")
     p.add_argument("--resamples", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every bootstrap (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every bootstrap and permutation test (default 0)")
+    p.add_argument("--two-level", action="store_true",
+                   help="resample annotators as well as prompts (for studies with few annotators; docs/statistics.md)")
     p.add_argument("--db", default=None, help="vote database URL (default: $K3EVAL_DB or sqlite:///k3eval.db)")
     p.set_defaults(func=cmd_stats)
 

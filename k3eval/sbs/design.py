@@ -14,7 +14,11 @@ Rules (docs/sbs.md):
 - a repeat shows one of an annotator's regular items to that annotator again, later in the queue, with the sides
   swapped; it is an item of its own assigned to that annotator only, so it never adds a vote to the original;
 - each queue interleaves categories and comparisons evenly and never holds an item twice;
-- the side of every shown item is drawn at random and stored.
+- the side of every shown item is drawn at random and stored;
+- a comparison is paired only when both runs used the same benchmark seed, seed rule and samples per prompt, so
+  that each item shows two images made from the same initial noise; runs that differ there are refused unless
+  `unpaired` is asked for, and the study records which it is (`StudyPlan.pairing`). Imported runs (seeds unknown)
+  are paired by prompt and sample only, and recorded as such.
 """
 
 from __future__ import annotations
@@ -33,6 +37,13 @@ ANSWERS = ("left", "right", "equal", "both_bad")
 GOLD_KINDS = {"alignment": "other_prompt", "quality": "degraded"}
 # A repeat comes at least this many positions after its original (fewer when the queue is short).
 REPEAT_MIN_GAP = 5
+#: what each pairing mode of a study means, in words (for the CLI and reports)
+PAIRING_MODES = {
+    "seed": "paired: both images of an item answer the same prompt and sample from the same initial noise",
+    "prompt": "paired by prompt and sample only: some runs do not record their seeds (imported images)",
+    "unpaired": "UNPAIRED (--unpaired): the runs differ in benchmark seed or samples per prompt, so the images of an "
+                "item do not share their initial noise",
+}
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,10 @@ class RunImages:
     prompt_set_hash: str
     generator: str
     images: dict[tuple[str, int], dict] = field(repr=False)
+    #: benchmark seed, seed rule and samples per prompt from run.json (None when not recorded, e.g. imported images)
+    benchmark_seed: int | None = None
+    seed_rule: str | None = None
+    samples: int | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +119,8 @@ class StudyPlan:
     questions: tuple[str, ...]
     prompt_set: str
     prompt_set_hash: str
+    #: how the compared images are paired (see `pairing_of`); stored with the study
+    pairing: dict = field(default_factory=dict)
 
     def queue(self, annotator: int) -> list[PlannedAssignment]:
         return sorted((a for a in self.assignments if a.annotator == annotator), key=lambda a: a.position)
@@ -137,7 +154,11 @@ def load_run_images(runs: dict[str, Path] | list[Path]) -> list[RunImages]:
                                                             "path": str(run.image_path(r).resolve())}
                   for r in rows.to_dict("records")}
         gen = (info.get("generator") or {}).get("name") or str(info.get("identity", {}).get("generator", ""))
-        out.append(RunImages(name, path.resolve(), str(ps.get("name", "")), str(ps.get("hash", "")), gen, images))
+        seed = info.get("seed") if isinstance(info.get("seed"), dict) else {}
+        samples = info.get("samples")
+        out.append(RunImages(name, path.resolve(), str(ps.get("name", "")), str(ps.get("hash", "")), gen, images,
+                             seed.get("benchmark_seed"), seed.get("rule") if seed.get("benchmark_seed") is not None
+                             else None, samples if isinstance(samples, int) else None))
     hashes = {r.prompt_set_hash for r in out}
     if len(hashes) != 1:
         listed = ", ".join(f"{r.name}: {r.prompt_set} {r.prompt_set_hash[:12]}" for r in out)
@@ -171,6 +192,39 @@ def comparisons_for(names: list[str], reference: str | None,
     return [(reference, n) for n in names if n != reference]
 
 
+def pairing_of(runs: list[RunImages], comparisons: list[tuple[str, str]], unpaired: bool = False) -> dict:
+    """How the images of each comparison are paired, as stored with the study (`study_info(...)["pairing"]`).
+
+    mode: 'seed' when both runs of every comparison share the benchmark seed, seed rule and samples per prompt
+    (the same prompt, sample and initial noise on both sides); 'prompt' when some run does not record its seeds
+    (imported images) but samples agree; 'unpaired' when seeds or sample counts differ, which is refused unless
+    `unpaired` is True. Also: runs {name: {benchmark_seed, samples}} and differences (one line per comparison)."""
+    by_name = {r.name: r for r in runs}
+    differences: list[str] = []
+    unknown = False
+    for a, b in comparisons:
+        ra, rb = by_name[a], by_name[b]
+        diff = []
+        if ra.samples is not None and rb.samples is not None and ra.samples != rb.samples:
+            diff.append(f"samples per prompt {ra.samples} vs {rb.samples}")
+        if ra.benchmark_seed is None or rb.benchmark_seed is None:
+            unknown = True
+        elif ra.benchmark_seed != rb.benchmark_seed:
+            diff.append(f"benchmark seed {ra.benchmark_seed} vs {rb.benchmark_seed}")
+        elif ra.seed_rule != rb.seed_rule:
+            diff.append(f"seed rule {ra.seed_rule!r} vs {rb.seed_rule!r}")
+        if diff:
+            differences.append(f"{a} vs {b}: {', '.join(diff)}")
+    if differences and not unpaired:
+        raise UserError(f"runs: not a paired comparison ({'; '.join(differences)}): the images of an item would not "
+                        "share their initial noise or the runs cover other samples; make the runs with the same seed "
+                        "and samples, or pass --unpaired (study: unpaired: true) to compare them anyway, recorded as "
+                        "unpaired")
+    mode = "unpaired" if differences else ("prompt" if unknown else "seed")
+    return {"mode": mode, "differences": differences,
+            "runs": {r.name: {"benchmark_seed": r.benchmark_seed, "samples": r.samples} for r in runs}}
+
+
 def annotator_names(annotators: int | list[str]) -> list[str]:
     """An int N gives annotator-01 ... annotator-N; a list is used as given (names must be distinct, non-empty)."""
     if isinstance(annotators, bool) or not isinstance(annotators, (int, list, tuple)):
@@ -194,11 +248,12 @@ def annotator_names(annotators: int | list[str]) -> list[str]:
 # ---- planning ---------------------------------------------------------------------------------------------------
 def plan_study(runs: list[RunImages], annotators: list[str], overlap: int, *, gold: float = 0.05,
                repeats: float = 0.05, questions: tuple[str, ...] = QUESTIONS, reference: str | None = None,
-               seed: int = 0, pairs: list[tuple[str, str]] | None = None) -> StudyPlan:
+               seed: int = 0, pairs: list[tuple[str, str]] | None = None, unpaired: bool = False) -> StudyPlan:
     """Build the whole study design, deterministically from `seed`.
 
     overlap: annotators per item, 1 <= overlap <= len(annotators). gold: gold items as a fraction of the regular
     items, in [0, 0.5]. repeats: swapped repeats as a fraction of each annotator's regular items, in [0, 0.5].
+    unpaired: accept comparisons of runs made with other seeds or sample counts (see `pairing_of`).
     """
     questions = check_questions(questions)
     if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 1:
@@ -211,6 +266,7 @@ def plan_study(runs: list[RunImages], annotators: list[str], overlap: int, *, go
             raise UserError(f"{label}: expected a fraction between 0 and 0.5, got {v!r}")
     rng = np.random.default_rng(seed)
     comps = comparisons_for([r.name for r in runs], reference, pairs)
+    pairing = pairing_of(runs, comps, unpaired)
     by_name = {r.name: r for r in runs}
 
     items: list[PlannedItem] = []
@@ -236,7 +292,7 @@ def plan_study(runs: list[RunImages], annotators: list[str], overlap: int, *, go
         assignments.extend(shown)
     r0 = runs[0]
     return StudyPlan(runs, comps, items, assignments, annotators, overlap, questions, r0.prompt_set,
-                     r0.prompt_set_hash)
+                     r0.prompt_set_hash, pairing)
 
 
 def check_questions(questions) -> tuple[str, ...]:
@@ -366,5 +422,6 @@ def degrade_image(data: bytes, seed: int) -> bytes:
     return out.getvalue()
 
 
-__all__ = ["ANSWERS", "QUESTIONS", "ImageSource", "PlannedAssignment", "PlannedItem", "RunImages", "StudyPlan",
-           "annotator_names", "check_questions", "comparisons_for", "degrade_image", "load_run_images", "plan_study"]
+__all__ = ["ANSWERS", "PAIRING_MODES", "QUESTIONS", "ImageSource", "PlannedAssignment", "PlannedItem", "RunImages",
+           "StudyPlan", "annotator_names", "check_questions", "comparisons_for", "degrade_image", "load_run_images",
+           "pairing_of", "plan_study"]

@@ -31,14 +31,6 @@ VOTE_COLUMNS = ["study", "item_id", "prompt_id", "category", "sample", "model_a"
 # Extra columns (FORMATS.md allows additions): kind of item, queue position (1-based), times the answer was changed.
 EXTRA_COLUMNS = ["item_kind", "position", "changes", "updated_at"]
 
-# Flag thresholds (docs/sbs.md): a person is flagged, never dropped automatically.
-FAST_RATIO = 1 / 3          # median answer time below a third of the study's median
-RUN_LENGTH = 10             # this many identical answers in a row on one question
-LEFT_BIAS_P = 0.01          # two-sided binomial test of left vs right answers
-GOLD_MIN_ACCURACY = 0.7     # with at least 3 gold votes
-REPEAT_MIN_AGREEMENT = 0.5  # with at least 3 repeats
-
-
 def _study_name(study) -> str:
     return study if isinstance(study, str) else study.study
 
@@ -97,7 +89,9 @@ def votes_frame(study, db_url: str | None = None):
 def study_info(study, db_url: str | None = None) -> dict[str, Any]:
     """Facts about a study: name, questions, runs {name: path}, prompt_set, prompt_set_hash, created (ISO),
     simulated (the study was made by simulation or holds simulated votes), n_items (regular + gold), n_annotators,
-    overlap, plus comparisons, reference, seed, gold, repeats, n_gold, n_repeats, n_votes."""
+    overlap, plus comparisons, reference, seed, gold, repeats, n_gold, n_repeats, n_votes, n_expected_votes (every
+    assignment x question: the votes of a complete study), and pairing (mode 'seed', 'prompt' or 'unpaired', see
+    `k3eval.sbs.design.pairing_of`; None for studies made before it)."""
     name = _study_name(study)
     url = normalize_url(db_url or getattr(study, "db_url", None))
     engine = get_engine(url)
@@ -111,6 +105,7 @@ def study_info(study, db_url: str | None = None) -> dict[str, Any]:
         n_votes = s.scalar(select(func.count()).select_from(Vote).where(Vote.study_id == st.id))
         any_sim = s.scalar(select(func.count()).select_from(Vote).where(Vote.study_id == st.id,
                                                                         Vote.simulated.is_(True)))
+        n_assigned = s.scalar(select(func.count()).select_from(Assignment).where(Assignment.study_id == st.id))
         return {
             "name": st.name, "questions": list(st.questions), "runs": {n: p for n, p in runs},
             "prompt_set": st.prompt_set, "prompt_set_hash": st.prompt_set_hash,
@@ -119,6 +114,8 @@ def study_info(study, db_url: str | None = None) -> dict[str, Any]:
             "overlap": st.overlap, "comparisons": [tuple(c) for c in (st.info or {}).get("comparisons", [])],
             "reference": st.reference, "seed": st.seed, "gold": st.gold, "repeats": st.repeats,
             "n_gold": int(kinds.get("gold", 0)), "n_repeats": int(kinds.get("repeat", 0)), "n_votes": int(n_votes),
+            "n_expected_votes": int(n_assigned) * len(st.questions),
+            "pairing": (st.info or {}).get("pairing"),
             "db_url": engine.url.render_as_string(hide_password=True),
         }
 
@@ -197,12 +194,11 @@ class AdminOverview:
 def admin_overview(study, db_url: str | None = None) -> AdminOverview:
     """Progress, gold accuracy, self-consistency on swapped repeats and flags per annotator.
 
-    study: a name or an Admin. Flags (never automatic exclusions): 'fast' (median time < 1/3 of the study's median,
-    with >= 10 votes), 'same_answer_run' (>= 10 identical answers in a row on one question), 'left_bias' (binomial
-    p < 0.01 on left vs right, >= 10 such answers), 'gold' (accuracy < 0.7 on >= 3 gold votes), 'inconsistent'
-    (agreement < 0.5 on >= 3 repeats), 'revoked'.
+    study: a name or an Admin. The figures and flags come from `k3eval.stats.quality_control`, the one rule set
+    `sbs stats` and the report use (`k3eval.stats.qc_rules` says each rule in words); flags are never automatic
+    exclusions. 'revoked' is added for a revoked token.
     """
-    from scipy.stats import binomtest
+    from k3eval.stats import quality_control
 
     name = _study_name(study)
     url = db_url or getattr(study, "db_url", None)
@@ -222,77 +218,30 @@ def admin_overview(study, db_url: str | None = None) -> AdminOverview:
         questions = list(st.questions)
         overlap = st.overlap
     nq = len(questions)
-    study_median = float(df["seconds"].median()) if len(df) and df["seconds"].notna().any() else None
+    qc = quality_control(df).set_index("annotator") if len(df) else None
     stats = []
     for pid, pname, revoked in people:
         d = df[df["annotator"] == pname]
         done = int((d.groupby("item_id").size() >= nq).sum()) if len(d) else 0
-        gold = d[d["gold_answer"].notna()]
-        gold_ok = int((gold["answer"] == gold["gold_answer"]).sum())
-        agree, total = _repeat_agreement(d)
-        med = float(d["seconds"].median()) if d["seconds"].notna().any() else None
-        lr = d[d["answer"].isin(["left", "right"]) & ~d["is_gold"]]
-        n_left = int((lr["answer"] == "left").sum())
-        p = float(binomtest(n_left, len(lr), 0.5).pvalue) if len(lr) else None
-        run = _longest_run(d)
+        r = qc.loc[pname] if qc is not None and pname in qc.index else None
+
+        def fig(col: str, r=r):
+            return None if r is None or r[col] != r[col] else r[col]  # nan (no such votes) -> None
+
         a = AnnotatorStats(
             name=pname, done=done, assigned=int(assigned.get(pid, 0)), votes=len(d), revoked=revoked is not None,
-            gold_correct=gold_ok, gold_total=len(gold), gold_accuracy=gold_ok / len(gold) if len(gold) else None,
-            repeat_agree=agree, repeat_total=total, repeat_agreement=agree / total if total else None,
-            median_seconds=med, left_share=n_left / len(lr) if len(lr) else None, left_bias_p=p, longest_run=run,
-            last_vote=d["created_at"].max().isoformat() if len(d) else None)
+            gold_correct=int(fig("gold_correct") or 0), gold_total=int(fig("gold_n") or 0),
+            gold_accuracy=fig("gold_accuracy"), repeat_agree=int(fig("repeat_consistent") or 0),
+            repeat_total=int(fig("repeat_n") or 0), repeat_agreement=fig("self_consistency"),
+            median_seconds=fig("median_seconds"), left_share=fig("left_share"), left_bias_p=fig("position_p_holm"),
+            longest_run=int(fig("longest_run") or 0), last_vote=d["created_at"].max().isoformat() if len(d) else None)
         if revoked is not None:
             a.flags.append("revoked")
-        if med is not None and study_median and len(d) >= 10 and med < FAST_RATIO * study_median:
-            a.flags.append("fast")
-        if run >= RUN_LENGTH:
-            a.flags.append("same_answer_run")
-        if p is not None and len(lr) >= 10 and p < LEFT_BIAS_P:
-            a.flags.append("left_bias")
-        if len(gold) >= 3 and gold_ok / len(gold) < GOLD_MIN_ACCURACY:
-            a.flags.append("gold")
-        if total >= 3 and agree / total < REPEAT_MIN_AGREEMENT:
-            a.flags.append("inconsistent")
+        if r is not None and r["flags"]:
+            a.flags += r["flags"].split(", ")
         stats.append(a)
     return AdminOverview(name, questions, int(n_items), overlap, len(df), sum(assigned.values()) * nq, stats,
                          int(events.get("login", 0)), int(events.get("export", 0)))
-
-
-def _choice(row) -> str:
-    """The answer in terms of models (left/right mapped through what was shown), comparable across sides."""
-    if row["answer"] == "left":
-        return row["left_model"]
-    if row["answer"] == "right":
-        return row["right_model"]
-    return row["answer"]
-
-
-def _repeat_agreement(d) -> tuple[int, int]:
-    reps = d[d["is_repeat"]]
-    if not len(reps):
-        return 0, 0
-    by_key = {(int(r["item_id"]), r["question"]): _choice(r) for _, r in d.iterrows()}
-    agree = total = 0
-    for _, r in reps.iterrows():
-        first = by_key.get((int(r["repeat_of"]), r["question"]))
-        if first is None:
-            continue
-        total += 1
-        agree += first == _choice(r)
-    return agree, total
-
-
-def _longest_run(d) -> int:
-    best = 0
-    for _, g in d.sort_values("position").groupby("question"):
-        run = prev = 0
-        last = None
-        for ans in g["answer"]:
-            run = run + 1 if ans == last else 1
-            last = ans
-            prev = max(prev, run)
-        best = max(best, prev)
-    return best
 
 
 __all__ = ["AdminOverview", "AnnotatorStats", "EXTRA_COLUMNS", "VOTE_COLUMNS", "admin_overview", "export_votes",

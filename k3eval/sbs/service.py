@@ -170,7 +170,8 @@ class StudyCreated:
 def create_study(name: str, runs: dict[str, Path] | list[Path], annotators: int | list[str], overlap: int,
                  gold: float = 0.05, questions=QUESTIONS, reference: str | None = None, seed: int = 0,
                  db_url: str | None = None, repeats: float = 0.05, *, simulated: bool = False,
-                 base_url: str = DEFAULT_BASE_URL, pairs: list[tuple[str, str]] | None = None) -> StudyCreated:
+                 base_url: str = DEFAULT_BASE_URL, pairs: list[tuple[str, str]] | None = None,
+                 unpaired: bool = False) -> StudyCreated:
     """Create a study from run folders made on one prompt set, in one transaction.
 
     runs: {name: folder} or a list of folders (named by folder name); the order fixes model_a/model_b.
@@ -179,6 +180,7 @@ def create_study(name: str, runs: dict[str, Path] | list[Path], annotators: int 
     items). questions: a subset of ('alignment', 'quality'), or 'alignment,quality'. reference: compare every run
     against this one instead of all pairs; pairs: explicit (run a, run b) comparisons instead of either. seed: fixes
     the whole design (items, assignment, order, sides, gold). simulated: mark the study as made by `sbs simulate`.
+    unpaired: accept runs made with other seeds or sample counts (recorded in the study's `pairing`).
     A name already in the database raises StudyExists.
     """
     _check_name(name)
@@ -187,7 +189,7 @@ def create_study(name: str, runs: dict[str, Path] | list[Path], annotators: int 
     names = annotator_names(annotators)
     run_images = load_run_images(runs)
     plan = plan_study(run_images, names, overlap, gold=gold, repeats=repeats, questions=questions,
-                      reference=reference, seed=seed, pairs=pairs)
+                      reference=reference, seed=seed, pairs=pairs, unpaired=unpaired)
     engine = get_engine(url, create=True)
     with session(engine) as s:
         if s.scalars(select(Study.id).where(Study.name == name)).first() is not None:
@@ -211,7 +213,7 @@ def create_study(name: str, runs: dict[str, Path] | list[Path], annotators: int 
                        repeats=float(repeats), seed=seed, reference=reference, prompt_set=plan.prompt_set,
                        prompt_set_hash=plan.prompt_set_hash, simulated=simulated,
                        info={"k3eval": __version__, "items": counts, "comparisons": [list(c) for c in plan.comparisons],
-                             "annotators": len(names)})
+                             "annotators": len(names), "pairing": plan.pairing})
             s.add(st)
             s.flush()
             for pos, r in enumerate(plan.runs):

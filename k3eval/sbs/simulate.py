@@ -79,8 +79,7 @@ def simulate_answers(tasks: pd.DataFrame, rule: SimulationRule, seed: int,
         latent = m_left - m_right + rule.position_bias + rng.logistic(0.0, rule.noise * factor, n)
         u_bad = rng.random(n)
         u_gold = rng.random(n)
-        answer = np.where(np.abs(latent) < rule.equal_band, "equal", np.where(latent > 0, "left", "right"))
-        answer = np.where(u_bad < rule.both_bad, "both_bad", answer).astype(object)
+        answer = _answers(latent, u_bad, rule)
         gold = d["gold_answer"].to_numpy(dtype=object)
         is_gold = d["is_gold"].to_numpy(dtype=bool) & pd.notna(gold)
         wrong = np.array([{"left": "right", "right": "left"}.get(g, g) for g in gold], dtype=object)
@@ -88,6 +87,74 @@ def simulate_answers(tasks: pd.DataFrame, rule: SimulationRule, seed: int,
         seconds = rule.median_seconds * np.exp(rng.normal(0.0, 0.5, n))
         out.append(d.assign(answer=answer, seconds=seconds))
     return pd.concat(out) if out else tasks.assign(answer=pd.Series(dtype=object), seconds=pd.Series(dtype=float))
+
+
+def _answers(latent: np.ndarray, u_bad: np.ndarray, rule: SimulationRule) -> np.ndarray:
+    """Step 3 of the rule: 'both_bad' when u_bad < both_bad, else 'equal' within the band, else the latent's side."""
+    answer = np.where(np.abs(latent) < rule.equal_band, "equal", np.where(latent > 0, "left", "right"))
+    return np.where(u_bad < rule.both_bad, "both_bad", answer).astype(object)
+
+
+def clustered_scores(n_categories: int, prompts_per_category: int, k: int, rng: np.random.Generator,
+                     difference: float = 0.0, item_spread: float = 2.4, n_annotators: int = 12,
+                     annotator_spread: float = 0.0, rule: SimulationRule | None = None) -> dict[str, np.ndarray]:
+    """One comparison of one question with known truth, as arrays (fast enough for calibration by simulation).
+
+    Each prompt is one item judged by `k` distinct annotators drawn from `n_annotators`. The item's signal for model
+    A is `difference` + a shared per-item effect ~ Normal(0, item_spread) (prompt difficulty: what makes annotators
+    agree) + the annotator's own lean ~ Normal(0, annotator_spread) (drawn once per annotator); the side, the
+    position bias, the per-annotator noise factor in [0.7, 1.5] and the answer follow `rule` (the module docstring).
+    Returns prompt, category (of the prompt), annotator, item and score (A's outcome: 1, 0.5, 0) per vote, and
+    `truth`: the expected score of A over prompts, sides and noise given the study's annotators (`expected_score`);
+    with difference 0 and no annotator lean it is exactly 1/2.
+    """
+    rule = rule or SimulationRule()
+    _check_rule(rule)
+    n_prompts = n_categories * prompts_per_category
+    if not 1 <= k <= n_annotators:
+        raise UserError(f"need 1 <= k <= n_annotators, got k={k}, n_annotators={n_annotators}")
+    factor = rng.uniform(0.7, 1.5, n_annotators)
+    lean = rng.normal(0.0, annotator_spread, n_annotators) if annotator_spread > 0 else np.zeros(n_annotators)
+    effect = difference + rng.normal(0.0, item_spread, n_prompts)
+    # k distinct annotators per item: the first k of a random permutation
+    who = np.argsort(rng.random((n_prompts, n_annotators)), axis=1)[:, :k].ravel()
+    prompt = np.repeat(np.arange(n_prompts), k)
+    signal = effect[prompt] + lean[who]
+    a_left = rng.random(prompt.size) < 0.5
+    latent = np.where(a_left, signal, -signal) + rule.position_bias + rng.logistic(0.0, rule.noise * factor[who])
+    answer = _answers(latent, rng.random(prompt.size), rule)
+    a_won = np.where(a_left, answer == "left", answer == "right")
+    b_won = np.where(a_left, answer == "right", answer == "left")
+    score = np.where(a_won, 1.0, np.where(b_won, 0.0, 0.5))
+    votes_of = np.bincount(who, minlength=n_annotators)
+    truth = float(np.dot(votes_of, expected_score(difference + lean, item_spread, rule.noise * factor, rule))
+                  / votes_of.sum())
+    return {"prompt": prompt, "category": prompt // prompts_per_category, "annotator": who, "item": prompt,
+            "score": score, "truth": np.float64(truth)}
+
+
+def expected_score(shift: np.ndarray, item_spread: float, noise: np.ndarray, rule: SimulationRule) -> np.ndarray:
+    """Expected tie-as-half score of A for an annotator whose signal is shift + Normal(0, item_spread) with logistic
+    noise of scale `noise`, sides at random (Gauss-Hermite quadrature over the item effect).
+
+    A on the left: latent x + L with x = signal + bias; E = P(x + L > band) + P(|x + L| < band) / 2, which is
+    (F((x - band) / s) + F((x + band) / s)) / 2 for the logistic CDF F; on the right x = signal - bias; both bad
+    (probability `both_bad`) scores 1/2.
+    """
+    nodes, weights = np.polynomial.hermite_e.hermegauss(64)
+    weights = weights / weights.sum()
+    signal = np.asarray(shift, dtype=np.float64)[:, None] + item_spread * nodes[None, :]
+    s = np.asarray(noise, dtype=np.float64)[:, None]
+
+    def side(x):
+        return 0.5 * (_logistic_cdf((x - rule.equal_band) / s) + _logistic_cdf((x + rule.equal_band) / s))
+
+    decided = 0.5 * (side(signal + rule.position_bias) + side(signal - rule.position_bias))
+    return (rule.both_bad * 0.5 + (1.0 - rule.both_bad) * decided) @ weights
+
+
+def _logistic_cdf(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
 
 
 def _study_tasks(study: str, db_url: str | None) -> tuple[pd.DataFrame, list[tuple[int, str]], dict[str, Any]]:
@@ -224,4 +291,5 @@ def synthetic_votes(models: list[str], strengths: list[float], n_prompts: int, c
         "simulated": True}).reset_index(drop=True)
 
 
-__all__ = ["SimulationRule", "simulate_answers", "simulate_study", "synthetic_votes"]
+__all__ = ["SimulationRule", "clustered_scores", "expected_score", "simulate_answers", "simulate_study",
+           "synthetic_votes"]

@@ -12,17 +12,18 @@ study:
                              # (the benchmark's top-level `comparisons:` list, if any, gives the pairs instead)
   seed: 0                    # default: the benchmark seed
   db: sqlite:///runs/smoke/votes.db   # default: $K3EVAL_DB or sqlite:///k3eval.db
-  links_file: runs/smoke/study_links.txt   # optional; holds the secret links (for demos)
+  links_file: runs/smoke/study_links.txt   # optional; holds the secret links (for demos); written 0600
   base_url: http://localhost:8501
+  unpaired: false            # true: accept runs made with other seeds or sample counts (recorded in the study)
 ```
 A study that already exists is kept (its links were shown when it was made); `--force` deletes and recreates it.
 """
 
 from __future__ import annotations
 
-import os
 import shlex
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, field_validator
 
@@ -41,6 +42,9 @@ class StudySection(Strict):
     db: str | None = None
     links_file: str | None = None
     base_url: str = "http://localhost:8501"
+    unpaired: bool = False
+    #: read by the report stage (simulated annotators for demos; `k3eval.report.stage.SimulateSection`)
+    simulate: dict[str, Any] | None = None
 
     @field_validator("annotators")
     @classmethod
@@ -90,7 +94,7 @@ def run_stage(ctx) -> None:
         created = create_study(name, ctx.run_dirs(), sec.annotators, sec.overlap, gold=sec.gold,
                                questions=tuple(sec.questions), reference=sec.reference,
                                seed=ctx.spec.seed if sec.seed is None else sec.seed, db_url=db, repeats=sec.repeats,
-                               base_url=sec.base_url, pairs=pairs)
+                               base_url=sec.base_url, pairs=pairs, unpaired=sec.unpaired)
     except StudyExists:
         info = study_info(name, db)
         where = f"; links in {links}" if links and links.exists() else ""
@@ -101,8 +105,7 @@ def run_stage(ctx) -> None:
     if links is not None:
         from k3eval.utils import atomic_write_text
 
-        atomic_write_text(links, text)
-        os.chmod(links, 0o600)  # the links carry secret tokens
+        atomic_write_text(links, text, private=True)  # the links carry secret tokens: 0600 whatever the umask
     print(f"[study] study {name!r}: {created.n_items} items ({created.n_gold} gold) + {created.n_repeats} repeats, "
           f"{len(created.tokens)} annotators x overlap {sec.overlap}, db {db}")
     print(f"[study] open the annotation app with: {serve}")

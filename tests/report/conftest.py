@@ -11,9 +11,9 @@ import pytest
 
 from k3eval.runs import RunFolder
 
+# 18 prompts: enough for an overall interval (10+ prompts), too few for any category's (6 each)
 PROMPTS = [(f"p{k:02d}", f"a test prompt number {k} with a {c.lower()} subject", c)
-           for k, c in enumerate(["Animals", "Animals", "Animals", "Vehicles", "Vehicles", "Vehicles", "Food",
-                                  "Food"])]
+           for k, c in enumerate(["Animals", "Vehicles", "Food"] * 6)]
 GENERATORS = {"k3-base": ("kandinsky3", 0.0), "k3-flash": ("kandinsky3-flash", 0.4), "other": ("tiny-sd", -0.4)}
 
 

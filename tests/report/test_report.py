@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import html
+import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -15,11 +17,12 @@ from k3eval.report.build import SECTIONS, build_report
 
 
 class _Tables(HTMLParser):
-    """Collects every <table id="t-NAME">: rows of (data-v, text) per cell, and <img> sources, section ids."""
+    """Collects every <table id="t-NAME">: rows of (raw CSV columns, raw values, text) per cell, headers, <img>
+    sources and section ids."""
 
     def __init__(self):
         super().__init__()
-        self.tables: dict[str, list[list[tuple[str, str]]]] = {}
+        self.tables: dict[str, list[list[tuple[list[str], list[str], str]]]] = {}
         self.headers: dict[str, list[str]] = {}
         self.srcs: list[str] = []
         self.sections: list[str] = []
@@ -34,7 +37,7 @@ class _Tables(HTMLParser):
         elif tag == "tr" and self._t:
             self.tables[self._t].append([])
         elif tag == "td" and self._t:
-            self._cell = [a.get("data-v", ""), ""]
+            self._cell = [json.loads(a["data-k"]), json.loads(a["data-v"]), ""]
         elif tag == "th" and self._t:
             self._th = ""
         elif tag in ("img", "script", "link", "iframe"):
@@ -44,7 +47,7 @@ class _Tables(HTMLParser):
 
     def handle_data(self, data):
         if self._cell is not None:
-            self._cell[1] += data
+            self._cell[2] += data
         elif self._th is not None:
             self._th += data
 
@@ -82,6 +85,7 @@ def test_every_section_and_the_simulated_banner_first(full_report):
 
 
 def test_csv_tables_agree_with_html(full_report):
+    """Every cell names the CSV columns it shows and carries their raw values: they are the CSV's, row by row."""
     p = _parse(full_report)
     out = full_report.parent
     csvs = sorted((out / "tables").glob("*.csv"))
@@ -89,14 +93,17 @@ def test_csv_tables_agree_with_html(full_report):
     for c in csvs:
         df = pd.read_csv(c, keep_default_na=False, dtype=str)
         rows = [r for r in p.tables[c.stem] if r]
-        assert list(df.columns) == p.headers[c.stem], c.stem
         assert len(rows) == len(df), c.stem
+        shown = {k for cell in rows[0] for k in cell[0]} if rows else set()
+        assert shown <= set(df.columns), (c.stem, shown - set(df.columns))
         for row_html, (_, row_csv) in zip(rows, df.iterrows()):
-            for (raw, _), v in zip(row_html, row_csv):
-                if raw == v:
-                    continue
-                # numbers: the CSV and the cell's raw value are the same float (bools/ints may print differently)
-                assert float(raw) == pytest.approx(float(v), rel=1e-12, abs=1e-15), (c.stem, raw, v)
+            for keys, raws, _ in row_html:
+                for k, raw in zip(keys, raws):
+                    v = row_csv[k]
+                    if raw == v:
+                        continue
+                    # numbers: the CSV and the cell's raw value are the same float (bools/ints may print differently)
+                    assert float(raw) == pytest.approx(float(v), rel=1e-12, abs=1e-15), (c.stem, k, raw, v)
 
 
 def test_markdown_tables_show_the_same_cells_as_html(full_report):
@@ -105,10 +112,34 @@ def test_markdown_tables_show_the_same_cells_as_html(full_report):
     for name, rows in p.tables.items():
         block = md[md.index(f"(`tables/{name}.csv`)"):]
         lines = [ln for ln in block.splitlines()[2:] if ln.startswith("|")]
+        assert [c.strip() for c in lines[0].strip().strip("|").split(" | ")] == p.headers[name], name
         body = lines[2:2 + len([r for r in rows if r])]
         for row_html, line in zip([r for r in rows if r], body):
             cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
-            assert cells == [text.strip() for _, text in row_html], name
+            assert cells == [text.strip() for _, _, text in row_html], name
+
+
+def test_summary_comes_first_with_verdicts_and_the_figure(full_report):
+    p = _parse(full_report)
+    assert p.sections[0] == "summary"
+    rows = [r for r in p.tables["summary"] if r]
+    assert p.headers["summary"][:3] == ["comparison", "question", "score [95% CI]"]
+    assert len(rows) == 3 * 2  # 3 comparisons x 2 questions, in the study's order
+    summary = pd.read_csv(full_report.parent / "tables" / "summary.csv")
+    study_order = ["k3-base vs k3-flash", "k3-base vs other", "k3-flash vs other"]
+    assert list(dict.fromkeys(summary["comparison"])) == study_order
+    for cells in rows:
+        text = {h: t for h, (_, _, t) in zip(p.headers["summary"], cells)}
+        assert re.fullmatch(r"0\.\d\d \[0\.\d\d, [01]\.\d\d\]", text["score [95% CI]"]), text
+        assert re.fullmatch(r"\d+ / \d+ / \d+ / \d+ %", text["win / tie / both bad / loss"])
+        assert text["verdict"] in ("no clear difference", "k3-base", "k3-flash", "other")
+    assert set(summary["family"]) == {"study: 3 comparisons x 2 questions"}
+    html_text = full_report.read_text(encoding="utf-8")
+    assert html_text.index('id="f-summary"') < html_text.index('<section id="setup">')
+    assert (full_report.parent / "figures" / "summary.png").exists()
+    # examples come from every comparison
+    ex = pd.read_csv(full_report.parent / "tables" / "examples.csv")
+    assert set(ex["comparison"]) == set(study_order)
 
 
 def test_self_contained_and_figures_match_files(full_report):
@@ -211,3 +242,90 @@ def test_report_stage_simulates_then_reports(report_runs, tmp_path):
     assert "SIMULATED VOTES" in index.read_text(encoding="utf-8")
     dispose_engines()
     assert np.isfinite(pd.read_csv(tmp_path / "rep" / "tables" / "preference_overall.csv")["score"]).all()
+
+
+def test_runs_that_are_not_the_studys_runs_are_refused_naming_both(report_runs, report_study, tmp_path, capsys):
+    """Issue 14: metrics of one set of systems beside votes of another. Exit code 2, one line, nothing written."""
+    import shutil
+
+    from k3eval.cli import main
+
+    name, url = report_study
+    out = tmp_path / "r"
+    base = ["--study", name, "--db", url, "--out", str(out)]
+    # a study run under another name: one system, two names
+    assert main(["report", "--runs", f"renamed={report_runs['k3-base']}", f"k3-flash={report_runs['k3-flash']}",
+                 *base]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "'renamed'" in err and "'k3-base'" in err and str(report_runs["k3-base"]) in err
+    # none of the study's runs at all: both sets named
+    stranger = tmp_path / "stranger"
+    shutil.copytree(report_runs["other"], stranger)
+    info = json.loads((stranger / "run.json").read_text())
+    info.update(run_name="stranger", identity={"generator": "tiny-sd", "seed": 9})
+    (stranger / "run.json").write_text(json.dumps(info))
+    assert main(["report", "--runs", f"stranger={stranger}", *base]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"stranger={stranger}" in err
+    assert all(f"{n}={p}" in err for n, p in report_runs.items())
+    # a study run's name given to a different run (run.json identity differs)
+    assert main(["report", "--runs", f"k3-base={stranger}", f"k3-flash={report_runs['k3-flash']}", *base]) == 2
+    err = capsys.readouterr().err
+    assert "'k3-base'" in err and str(stranger) in err and str(report_runs["k3-base"]) in err
+    assert not out.exists()
+
+
+def test_missing_parts_are_said_in_the_summary_and_limitations(report_runs, tmp_path):
+    """An incomplete study (votes cast / expected), runs given that are not in the study, runs without scores."""
+    import shutil
+
+    from k3eval.sbs.simulate import synthetic_votes
+
+    runs = dict(report_runs)
+    runs["unscored"] = tmp_path / "unscored"
+    shutil.copytree(report_runs["other"], runs["unscored"], ignore=shutil.ignore_patterns("scores"))
+    v = synthetic_votes(["k3-base", "k3-flash"], [0.0, 0.5], n_prompts=18, categories=["Animals"], n_annotators=4,
+                        votes_per_prompt=6, seed=2)
+    v["prompt_id"] = [f"p{int(p[1:]):02d}" for p in v["prompt_id"]]
+    info = {"name": "partial", "runs": {"k3-base": str(report_runs["k3-base"]),
+                                        "k3-flash": str(report_runs["k3-flash"])},
+            "comparisons": [("k3-base", "k3-flash")], "questions": ["alignment", "quality"],
+            "n_votes": len(v), "n_expected_votes": 4 * len(v)}
+    index = build_report(runs, tmp_path / "out", votes=v, info=info, n_resamples=50)
+    text = html.unescape(index.read_text(encoding="utf-8"))
+    summary = text[text.index('<section id="summary">'):text.index('<section id="setup">')]
+    limits = text[text.index('<section id="limitations">'):]
+    for part in (summary, limits):
+        assert f"Incomplete study: {len(v)} of {4 * len(v)} votes cast (25 %)" in part
+        assert "not in study 'partial': other, unscored" in part
+        assert "Runs without stored scores (no scores/summary.json): unscored." in part
+
+
+def test_exclude_flagged_view_says_how_many_remain_and_warns_below_three(report_runs, tmp_path):
+    from k3eval.sbs.simulate import synthetic_votes
+
+    v = synthetic_votes(["k3-base", "k3-flash"], [0.0, 0.5], n_prompts=18, categories=["Animals"], n_annotators=3,
+                        votes_per_prompt=9, seed=4)
+    v["prompt_id"] = [f"p{int(p[1:]):02d}" for p in v["prompt_id"]]
+    lazy = v["annotator"] == "sim-000"
+    v.loc[lazy, "answer"] = "left"
+    v.loc[lazy, "winner"] = v.loc[lazy, "left_model"]
+    index = build_report(report_runs, tmp_path / "out", votes=v, n_resamples=50)
+    text = html.unescape(index.read_text(encoding="utf-8"))
+    assert "1 of 3 annotators flagged by quality control" in text and "keeps 2" in text
+    assert "only 2 of 3 remain (fewer than 3)" in text
+
+
+def test_report_files_follow_the_umask(report_runs, tmp_path):
+    """A report is shared like any other output: its files get the user's umask, not the temporary file's 0600."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        index = build_report(report_runs, tmp_path / "out", n_resamples=20)
+    finally:
+        os.umask(old)
+    for path in [index, index.parent / "report.md", *(index.parent / "tables").glob("*.csv")]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path

@@ -150,3 +150,24 @@ def test_parse_pairs():
 
     with pytest.raises(argparse.ArgumentTypeError, match="RUN_A:RUN_B"):
         parse_pairs("a-b")
+
+
+def test_create_refuses_an_unpaired_study_unless_asked_and_records_it(tmp_path, capsys):
+    from k3eval.runs import RunFolder
+
+    runs = []
+    for name, seed in (("a", 0), ("b", 1)):
+        path = make_run(tmp_path / name, f"gen-{name}", samples=1)
+        run = RunFolder(path)
+        run.write_info({**run.read_info(), "seed": {"benchmark_seed": seed, "rule": "rule", "noise": "cpu"}})
+        runs.append(str(path))
+    db_file = tmp_path / "votes.db"
+    args = ["sbs", "create", "s", "--runs", *runs, "--annotators", "2", "--overlap", "1", "--db", f"sqlite:///{db_file}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "not a paired comparison (a vs b: benchmark seed 0 vs 1)" in err and "--unpaired" in err
+    assert not db_file.exists()
+    assert main([*args, "--unpaired"]) == 0
+    assert "pairing: UNPAIRED (--unpaired)" in capsys.readouterr().out
+    info = sbs.study_info("s", f"sqlite:///{db_file}")
+    assert info["pairing"]["mode"] == "unpaired" and info["pairing"]["differences"] == ["a vs b: benchmark seed 0 vs 1"]

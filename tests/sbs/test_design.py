@@ -174,3 +174,45 @@ def test_explicit_pairs_replace_all_pairs(three_runs):
         plan_study(runs, annotator_names(2), overlap=1, pairs=[("r1", "r2"), ("r2", "r1")])
     with pytest.raises(UserError, match="either reference or explicit pairs"):
         plan_study(runs, annotator_names(2), overlap=1, pairs=[("r1", "r2")], reference="r1")
+
+
+def _with_seed(path, benchmark_seed, samples=None):
+    """Record a benchmark seed (and samples) in a test run's run.json, as `k3eval generate` does."""
+    from k3eval.runs import RunFolder
+
+    run = RunFolder(path)
+    info = run.read_info()
+    info["seed"] = {"benchmark_seed": benchmark_seed, "rule": "sha256 rule", "noise": "cpu"}
+    if samples is not None:
+        info["samples"] = samples
+    run.write_info(info)
+    return path
+
+
+def test_runs_with_other_seeds_or_samples_are_not_paired(tmp_path):
+    from k3eval.sbs.design import pairing_of
+
+    a = _with_seed(make_run(tmp_path / "a", "ga", samples=2), 0)
+    same = _with_seed(make_run(tmp_path / "same", "gs", samples=2, seed=5), 0)
+    other_seed = _with_seed(make_run(tmp_path / "os", "go", samples=2, seed=6), 7)
+    other_samples = _with_seed(make_run(tmp_path / "ss", "gq", samples=1, seed=7), 0)
+    imported = make_run(tmp_path / "imp", "dall-e-3", samples=2, seed=8)  # no seed recorded: made elsewhere
+
+    plan = plan_study(load_run_images({"a": a, "same": same}), annotator_names(1), overlap=1, gold=0.0)
+    assert plan.pairing["mode"] == "seed" and plan.pairing["differences"] == []
+    assert plan.pairing["runs"] == {"a": {"benchmark_seed": 0, "samples": 2}, "same": {"benchmark_seed": 0,
+                                                                                        "samples": 2}}
+    plan = plan_study(load_run_images({"a": a, "imp": imported}), annotator_names(1), overlap=1, gold=0.0)
+    assert plan.pairing["mode"] == "prompt"
+    for other, named in ((other_seed, "a vs b: benchmark seed 0 vs 7"), (other_samples,
+                                                                           "a vs b: samples per prompt 2 vs 1")):
+        runs = load_run_images({"a": a, "b": other})
+        with pytest.raises(UserError, match=f"not a paired comparison \\({named}\\).*--unpaired"):
+            plan_study(runs, annotator_names(1), overlap=1, gold=0.0)
+        plan = plan_study(runs, annotator_names(1), overlap=1, gold=0.0, unpaired=True)
+        assert plan.pairing["mode"] == "unpaired" and plan.pairing["differences"] == [named]
+    # only the comparisons made count: a reference run paired with each other run is a paired study
+    runs = load_run_images({"a": a, "same": same, "os": other_seed})
+    assert pairing_of(runs, [("a", "same")])["mode"] == "seed"
+    with pytest.raises(UserError, match="a vs os: benchmark seed 0 vs 7; same vs os: benchmark seed 0 vs 7"):
+        pairing_of(runs, [("a", "same"), ("a", "os"), ("same", "os")])

@@ -100,4 +100,34 @@ def test_cli_simulate_then_stats(two_runs, sqlite_url, tmp_path, capsys):
     assert main(["sbs", "stats", "cli", "--db", sqlite_url, "--exclude-flagged", "--resamples", "50", "--out",
                  str(out_dir)]) == 0
     assert (out_dir / "preference_excluding_flagged.csv").exists() and (out_dir / "preference.csv").exists()
+    assert "flagged annotators" in capsys.readouterr().out
+    assert main(["sbs", "stats", "cli", "--db", sqlite_url, "--two-level", "--resamples", "50", "--out",
+                 str(tmp_path / "two")]) == 0
+    import json
+
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["two_level"] and "annotators" in summary["bootstrap"] and "bootstrap test" in summary["test"]
+    assert summary["comparisons"] == ["model-alpha vs model-beta"]
     assert main(["sbs", "simulate", "nope", "--db", sqlite_url]) == 2
+
+
+def test_status_and_stats_flag_the_same_annotators_with_one_rule_set(two_runs, sqlite_url):
+    """`sbs status` (admin_overview) and `sbs stats` (analyze_votes) call the same quality_control: the same flags and
+    figures for every annotator, even for an annotator who always answers 'left'."""
+    from k3eval.sbs import Annotator, admin_overview, authenticate, next_item, record_vote
+    from k3eval.sbs.analysis import analyze_votes
+
+    created = create_study("qc", two_runs, annotators=3, overlap=2, gold=0.2, repeats=0.3, seed=2, db_url=sqlite_url)
+    lazy: Annotator = authenticate(created.tokens["annotator-01"], "qc", sqlite_url)
+    while (view := next_item(lazy)) is not None:
+        for q in view.questions:
+            record_vote(lazy, view.item_id, q.key, "left", 1.0)
+    simulate_study("qc", seed=3, db_url=sqlite_url)
+    overview = {a.name: a for a in admin_overview("qc", sqlite_url).annotators}
+    qc = analyze_votes(votes_frame("qc", sqlite_url), n_resamples=20).qc.set_index("annotator")
+    assert "left_bias" in qc.loc["annotator-01", "flags"]
+    for name, a in overview.items():
+        assert [f for f in a.flags if f != "revoked"] == [f for f in qc.loc[name, "flags"].split(", ") if f]
+        row = qc.loc[name]
+        assert (a.repeat_total, a.repeat_agree, a.gold_total) == (row["repeat_n"], row["repeat_consistent"],
+                                                                 row["gold_n"])

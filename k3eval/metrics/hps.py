@@ -33,8 +33,9 @@ from k3eval.metrics.api import (
     weights_warning,
 )
 from k3eval.metrics.preference import (
+    TokenCounts,
     WeightsSettings,
-    count_truncated,
+    count_long,
     package_version,
     required_prompt,
     truncation_note,
@@ -194,10 +195,9 @@ class HpsImages(ImageExtractor):
         with torch.inference_mode():
             return model.encode_image(torch.stack(batch).to(self.device)).float().cpu().numpy()
 
-    def truncated(self, texts: list[str]) -> list[bool]:
-        from k3eval.metrics.clip import truncated_flags
-
-        return truncated_flags("open_clip", self.tokenizer(), self.context_length, texts)
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens with start and end of text, before truncation."""
+        return [len(self.tokenizer().encode(t)) + 2 for t in texts]
 
 
 class HpsTexts(TextExtractor):
@@ -231,14 +231,15 @@ class HpsV21(PerImageMetric):
         s, o = self.settings, ctx.opts
         images = ctx.shared(HpsImages, s.weights, s.model, o.device, o.batch_size)
         return {"image": Need(images, desc="HPS v2.1"),
-                "text": Need(ctx.shared(HpsTexts, images), text=required_prompt)}
+                "text": Need(ctx.shared(HpsTexts, images), text=required_prompt),
+                "tokens": Need(ctx.shared(TokenCounts, images), text=required_prompt)}
 
     def per_image_scores(self, data: ScoreData) -> tuple[np.ndarray, MetricResult]:
         from k3eval.metrics import functional as F
 
         ext: HpsImages = data.extractors["image"]
         scores = F.clip_cosine(data["image"], data["text"])
-        n_trunc = count_truncated(ext.truncated, data.rows)
+        n_trunc = count_long(data.rows, data["tokens"], ext.context_length)
         proto = {**ext.fingerprint, "formula": "cos(image features, text features), as reported by the authors",
                  "truncation": f"{ext.context_length} tokens, end-of-text kept", "n_truncated": n_trunc,
                  "n": data.n, "seed": data.opts.seed}

@@ -41,7 +41,14 @@ from k3eval.metrics.api import (
     ScoreData,
     weights_warning,
 )
-from k3eval.metrics.preference import count_truncated, package_version, required_prompt, truncation_note, weights_label
+from k3eval.metrics.preference import (
+    TokenCounts,
+    count_long,
+    package_version,
+    required_prompt,
+    truncation_note,
+    weights_label,
+)
 from k3eval.metrics.weights import SYNTHETIC, SYNTHETIC_VERSION, weights_dir
 
 HUB_REPO = "THUDM/ImageReward"
@@ -256,8 +263,8 @@ class ImageRewardExtractor(ImageTextExtractor):
                                return_tensors="pt")
         return self._net.rewards(torch.stack([x for x, _ in batch]), tok["input_ids"], tok["attention_mask"])
 
-    def truncated(self, texts: list[str]) -> list[bool]:
-        return [len(ids) > MAX_TOKENS for ids in self.tokenizer()(texts)["input_ids"]]
+    def token_counts(self, texts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer()(texts)["input_ids"]]
 
 
 class ImageReward(PerImageMetric):
@@ -269,13 +276,14 @@ class ImageReward(PerImageMetric):
     def needs(self, ctx: ScoreContext) -> dict[str, Need]:
         s, o = self.settings, ctx.opts
         ext = ctx.shared(ImageRewardExtractor, s.weights, s.med_config, s.tokenizer, o.device, o.batch_size)
-        return {"reward": Need(ext, text=required_prompt, desc="ImageReward")}
+        return {"reward": Need(ext, text=required_prompt, desc="ImageReward"),
+                "tokens": Need(ctx.shared(TokenCounts, ext), text=required_prompt)}
 
     def per_image_scores(self, data: ScoreData) -> tuple[np.ndarray, MetricResult]:
         ext: ImageRewardExtractor = data.extractors["reward"]
         raw = np.asarray(data["reward"], np.float64)[:, 0]
         scores = (raw - REWARD_MEAN) / REWARD_STD
-        n_trunc = count_truncated(ext.truncated, data.rows)
+        n_trunc = count_long(data.rows, data["tokens"], MAX_TOKENS)
         proto = {**ext.fingerprint, "formula": "(reward head output - mean) / std", "mean": REWARD_MEAN,
                  "std": REWARD_STD, "truncation": f"{MAX_TOKENS} BERT tokens, [SEP] kept", "n_truncated": n_trunc,
                  "n": data.n, "seed": data.opts.seed}

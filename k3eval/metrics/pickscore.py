@@ -33,8 +33,9 @@ from k3eval.metrics.api import (
     weights_warning,
 )
 from k3eval.metrics.preference import (
+    TokenCounts,
     WeightsSettings,
-    count_truncated,
+    count_long,
     package_version,
     required_prompt,
     truncation_note,
@@ -141,8 +142,8 @@ class PickScoreImages(ImageExtractor):
             x = torch.from_numpy(np.stack(batch)).to(self.device)
             return _features(model.get_image_features(pixel_values=x)).float().cpu().numpy()
 
-    def truncated(self, texts: list[str]) -> list[bool]:
-        return [len(ids) > MAX_TOKENS for ids in self.tokenizer()(texts)["input_ids"]]
+    def token_counts(self, texts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer()(texts)["input_ids"]]
 
     def logit_scale(self) -> float:
         return logit_scale_of(self.model_dir)
@@ -183,7 +184,8 @@ class PickScore(PerImageMetric):
         s, o = self.settings, ctx.opts
         images = ctx.shared(PickScoreImages, s.weights, s.processor, o.device, o.batch_size)
         return {"image": Need(images, desc="PickScore"),
-                "text": Need(ctx.shared(PickScoreTexts, images), text=required_prompt)}
+                "text": Need(ctx.shared(PickScoreTexts, images), text=required_prompt),
+                "tokens": Need(ctx.shared(TokenCounts, images), text=required_prompt)}
 
     def per_image_scores(self, data: ScoreData) -> tuple[np.ndarray, MetricResult]:
         from k3eval.metrics import functional as F
@@ -192,7 +194,7 @@ class PickScore(PerImageMetric):
         scale = ext.logit_scale()
         cos = F.clip_cosine(data["image"], data["text"])
         scores = scale * cos
-        n_trunc = count_truncated(ext.truncated, data.rows)
+        n_trunc = count_long(data.rows, data["tokens"], MAX_TOKENS)
         proto = {**ext.fingerprint, "formula": "logit_scale.exp() * cos(image embedding, text embedding)",
                  "logit_scale_exp": scale, "truncation": "77 tokens, end-of-text kept", "n_truncated": n_trunc,
                  "n": data.n, "seed": data.opts.seed}

@@ -9,12 +9,13 @@ file format and loads it through the same code (tests and the demo; every number
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from k3eval.errors import UserError
+from k3eval.metrics.api import TextExtractor
 from k3eval.metrics.weights import SYNTHETIC
 
 if TYPE_CHECKING:
@@ -51,12 +52,26 @@ def truncation_note(n_truncated: int, limit: int, kept: str) -> list[str]:
     return [f"{n_truncated} prompt(s) longer than the text encoder's {limit} tokens were truncated ({kept})"]
 
 
-def count_truncated(flags_of: Callable[[list[str]], list[bool]], rows: pd.DataFrame) -> int:
-    """How many distinct prompts of the scored rows `flags_of(texts)` says are longer than the text limit."""
-    import numpy as np
+class TokenCounts(TextExtractor):
+    """How many tokens each prompt has under a metric's tokenizer (`owner.token_counts(texts)`), cached by the
+    prompt's sha256 like any text feature, so that rescoring counts truncated prompts without loading a tokenizer."""
 
-    texts = sorted(set(rows["prompt"].astype(str)))
-    return int(np.sum(flags_of(texts))) if texts else 0
+    def __init__(self, owner: Any):
+        self.owner = owner
+        self.batch_size = 256
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return {**self.owner.fingerprint, "extractor": f"token count ({self.owner.fingerprint['extractor']})"}
+
+    def run(self, batch: list[str]) -> np.ndarray:
+        return np.asarray(self.owner.token_counts(batch), np.float32)[:, None]
+
+
+def count_long(rows: pd.DataFrame, counts: np.ndarray, limit: int) -> int:
+    """How many distinct prompts of the scored rows have more than `limit` tokens (`counts`: one row per image)."""
+    long = np.asarray(counts).reshape(len(rows), -1)[:, 0] > limit
+    return int(rows.loc[long, "prompt"].astype(str).nunique())
 
 
 def weights_label(spec: str | None, default: str) -> str:

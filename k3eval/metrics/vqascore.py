@@ -1,18 +1,20 @@
 """VQAScore (Lin et al., ECCV 2024): the probability that a vision-language model answers "Yes" when asked whether
 the image shows the prompt.
 
-Scoring rule of the authors (`linzhiqiu/t2v_metrics`, PyPI `t2v-metrics`; `t2v_metrics/models/vqascore_models/
-qwen2vl_model.py` of v3.1 for transformers chat models): the question `Does this figure show "{prompt}"? Please answer
-Yes or No.` (the paper's CLIP-FlanT5 template ends `Please answer yes or no.`: `--set vqascore.question=...`), put
-as the user turn with the image through the model's chat template with the generation prompt; the answer `Yes`
-tokenized without special tokens; the score is the geometric mean over the answer's tokens of the softmax
-probability of each, 0-1. The package reads the first token's probability from `generate(max_new_tokens=1,
-do_sample=False, output_scores=True)`, whose scores have passed the model's generation-config logits processors:
-for Qwen2.5-VL-Instruct a repetition penalty of 1.05 on every token of the prompt. k3eval computes the same from one
-forward pass (the answer's tokens teacher-forced) and applies the generation config's `repetition_penalty` the way
-transformers' `RepetitionPenaltyLogitsProcessor` does, to the tokens of each row's own input (padding excluded);
-`--set vqascore.repetition_penalty=1.0` gives the raw model probability instead. Other generation-config processors
-are not applied (none is set for the supported models in greedy decoding).
+Scoring rule (the paper, and `linzhiqiu/t2v_metrics`, PyPI `t2v-metrics`): the question
+`Does this figure show "{prompt}"? Please answer yes or no.` (the paper's template; `--set vqascore.question=...`
+takes another, with `{}` where the prompt goes), the answer `Yes`, and the score P(answer | image, question), 0-1:
+for an answer of several tokens the geometric mean of their probabilities, teacher-forced (t2v-metrics'
+`geometric_mean_prob`). For transformers chat models t2v-metrics (`vqascore_models/qwen2vl_model.py`) puts the
+question as the user turn with the image through the model's chat template with the generation prompt, and reads
+the answer token's softmax probability from `generate(max_new_tokens=1, do_sample=False, output_scores=True)`. Those
+scores have passed the model's generation-config logits processors: for Qwen2.5-VL-Instruct a repetition penalty of
+1.05 on every token of the prompt. k3eval computes the same from one forward pass over a left-padded batch and applies
+the generation config's `repetition_penalty` the way transformers' `RepetitionPenaltyLogitsProcessor` does, to the
+tokens of each row's own input (padding excluded); `--set vqascore.repetition_penalty=1.0` gives the raw model
+probability instead. Other generation-config processors are not applied (none is set for the supported models in
+greedy decoding). The package's own Qwen question has changed between versions ('Does this image show "{}"?' in
+3.0 on PyPI, 'Does this figure show "{}"? Please answer Yes or No.' in 3.1): pass it to reproduce those numbers.
 
 Any transformers image-text-to-text model with a chat template works (`--set vqascore.model=ID_OR_FOLDER`). The
 default, `Qwen/Qwen2.5-VL-7B-Instruct` (`qwen2.5-vl-7b` in t2v-metrics), is the largest model of the family the
@@ -46,7 +48,7 @@ from k3eval.metrics.preference import package_version, required_prompt, weights_
 from k3eval.metrics.weights import SYNTHETIC, SYNTHETIC_VERSION, weights_dir
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
-QUESTION = 'Does this figure show "{}"? Please answer Yes or No.'
+QUESTION = 'Does this figure show "{}"? Please answer yes or no.'
 ANSWER = "Yes"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 

@@ -1,7 +1,7 @@
 """VQAScore against the authors' rule (t2v-metrics' transformers chat-model path), on a small seeded Qwen2.5-VL.
 
-`t2v-metrics` does not install here (a dependency fails to build; docs/metrics.md), so the reference is its
-`Qwen2VLModel.forward` written out: one image at a time, the question through the chat template with the generation
+`t2v-metrics` does not install beside k3eval's pins (docs/metrics.md), so the reference is its `Qwen2VLModel.forward`
+written out: one image at a time, the question (the paper's template) through the chat template with the generation
 prompt, `generate(max_new_tokens=1, do_sample=False, output_scores=True, return_dict_in_generate=True)`, the softmax
 of the first step's scores at the answer's token. Those scores include the generation config's repetition penalty
 (the synthetic model has Qwen2.5-VL-Instruct's 1.05), which k3eval applies itself to its batched, left-padded,
@@ -18,6 +18,7 @@ from metrics_helpers import make_run
 
 from k3eval.errors import UserError
 from k3eval.metrics.score import ScoreOptions, score_run
+from k3eval.metrics.vqascore import QUESTION
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def _model():
     return AutoProcessor.from_pretrained(folder), AutoModelForImageTextToText.from_pretrained(folder).eval()
 
 
-def _inputs(proc, run, path, prompt, question='Does this figure show "{}"? Please answer Yes or No.'):
+def _inputs(proc, run, path, prompt, question=QUESTION):
     from PIL import Image
 
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question.format(prompt)}]}]

@@ -10,8 +10,8 @@ k3eval runs `score_run` end to end (image checks, threaded decoding, batches, fe
 empty feature cache, then again from the cache. Every tool runs in its own process; model loading is timed for both,
 importing the libraries (torch, transformers, open_clip, torchvision) for neither.
 
-    python benchmarks/perf/preference_speed.py               # 200 PNGs at 512x512
-    python benchmarks/perf/preference_speed.py --n 64
+    python benchmarks/perf/preference_speed.py               # 500 PNGs at 512x512, best of 5
+    python benchmarks/perf/preference_speed.py --n 64 --repeats 1
 
 Writes benchmarks/perf/results/preference_speed.json and .md. Not part of `make test`.
 """
@@ -243,10 +243,10 @@ def run_child(tool: str, *targs) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=200, help="images (default 200; 2 per prompt)")
+    p.add_argument("--n", type=int, default=500, help="images (default 500; 2 per prompt)")
     p.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
     p.add_argument("--metrics", default=",".join(METRICS))
-    p.add_argument("--repeats", type=int, default=3, help="runs of each measurement; the fastest counts (default 3)")
+    p.add_argument("--repeats", type=int, default=5, help="runs of each measurement; the fastest counts (default 5)")
     p.add_argument("--out", default=str(HERE / "results" / "preference_speed"))
     p.add_argument("--tool")
     p.add_argument("--tool-args")
@@ -284,12 +284,14 @@ def main() -> None:
         imagereward.synthetic_imagereward(), vqascore.synthetic_vlm(), aesthetic.synthetic_head(32)
         load_before = os.getloadavg()
         for m in args.metrics.split(","):
-            # best of --repeats, each in a fresh process; every first run starts from an empty feature cache
-            firsts = [run_child("k3eval", str(run), m, str(Path(tmp) / f"features-{m}-{k}"))
-                      for k in range(args.repeats)]
-            cache = str(Path(tmp) / f"features-{m}-{args.repeats - 1}")
-            cached = [run_child("k3eval", str(run), m, cache) for _ in range(args.repeats)]
-            refs = [run_child("reference", str(run), m) for _ in range(args.repeats)]
+            # best of --repeats, each in a fresh process, the tools interleaved so that a change of the machine's
+            # load hits all of them; every first run starts from an empty feature cache
+            firsts, cached, refs = [], [], []
+            for k in range(args.repeats):
+                cache = str(Path(tmp) / f"features-{m}-{k}")
+                firsts.append(run_child("k3eval", str(run), m, cache))
+                cached.append(run_child("k3eval", str(run), m, cache))
+                refs.append(run_child("reference", str(run), m))
             first, cached, ref = (min(x, key=lambda r: r["seconds"]) for x in (firsts, cached, refs))
             diff = float(np.max(np.abs(np.subtract(first["scores"], ref["scores"])) /
                                 np.maximum(np.abs(ref["scores"]), 1e-12)))
@@ -332,7 +334,8 @@ def render_md(doc: dict) -> str:
         lines.append(f"| {m} | {r['k3eval_first']['images_per_s']:.1f} | {r['reference']['images_per_s']:.1f} | "
                      f"{q['throughput_vs_reference']:.2f}x | {r['k3eval_cached']['seconds']:.2f} | "
                      f"{q['cache_speedup']:.0f}x | {q['max_rel_diff']:.1e} |")
-    lines += ["", f"Reproduce: `python benchmarks/perf/preference_speed.py --n {s['images']} --size {s['size']}`.", ""]
+    lines += ["", f"Reproduce: `python benchmarks/perf/preference_speed.py --n {s['images']} --size {s['size']} "
+              f"--repeats {s['repeats']}`.", ""]
     return "\n".join(lines)
 
 

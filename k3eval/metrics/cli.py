@@ -89,6 +89,21 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_score_diff(args) -> int:
+    from k3eval.metrics.paired import compare_runs, format_differences
+
+    diffs = compare_runs(args.run_a, args.run_b, args.metrics, n_resamples=args.resamples, seed=args.seed)
+    print(format_differences(diffs))
+    if args.out:
+        import pandas as pd
+
+        from k3eval.utils import atomic_write_text
+
+        atomic_write_text(args.out, pd.DataFrame([d.row() for d in diffs]).to_csv(index=False))
+        print(f"-> {args.out}")
+    return 0
+
+
 def cmd_reference_build(args) -> int:
     from k3eval.errors import UserError
     from k3eval.metrics.cache import default_root
@@ -158,6 +173,17 @@ def register(sub) -> None:
                    help="fewest images for a per-category FID/KID/IS/CMMD (smaller ones are flagged too_small)")
     add_protocol_args(p)
     p.set_defaults(func=cmd_score)
+
+    d = sub.add_parser("score-diff", help="paired differences of per-image metrics between two scored runs on the "
+                       "same prompts (A - B with a prompt-level interval, share of prompts where A is higher)")
+    d.add_argument("run_a", help="scored run folder A")
+    d.add_argument("run_b", help="scored run folder B (same prompts)")
+    d.add_argument("--metrics", type=_csv, default=None, help="comma-separated (default: every per-image metric "
+                   "both runs stored)")
+    d.add_argument("--resamples", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the sign-flip test (default 0)")
+    d.add_argument("--out", default=None, metavar="FILE.csv", help="also write the table as CSV")
+    d.set_defaults(func=cmd_score_diff)
 
     r = sub.add_parser("reference", help="reference statistics for FID, KID and CMMD")
     rsub = r.add_subparsers(dest="reference_command", metavar="ACTION", required=True)

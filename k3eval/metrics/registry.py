@@ -21,6 +21,11 @@ BUILTIN: dict[str, str] = {
     "cmmd": "k3eval.metrics.clip_metrics:Cmmd",
     "geneval": "k3eval.metrics.geneval:Geneval",
     "t2i_compbench": "k3eval.metrics.t2i_compbench:T2ICompBench",
+    "pickscore": "k3eval.metrics.pickscore:PickScore",
+    "hpsv21": "k3eval.metrics.hps:HpsV21",
+    "imagereward": "k3eval.metrics.imagereward:ImageReward",
+    "aesthetic": "k3eval.metrics.aesthetic:Aesthetic",
+    "vqascore": "k3eval.metrics.vqascore:VqaScore",
 }
 _REGISTRY: dict[str, str | type[Metric]] = dict(BUILTIN)
 

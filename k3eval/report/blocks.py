@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 
 SECTIONS = [("summary", "Summary"), ("setup", "1. Setup"), ("metrics", "2. Automatic metrics"),
-            ("speed", "3. Speed and cost"), ("preference", "4. Human preference"), ("examples", "5. Examples"),
-            ("limitations", "6. Limitations")]
+            ("speed", "3. Speed and cost"), ("preference", "4. Human preference"),
+            ("metric_people", "5. Automatic scores vs people"), ("examples", "6. Examples"),
+            ("limitations", "7. Limitations")]
 TITLES = dict(SECTIONS)
 
 

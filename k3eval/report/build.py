@@ -34,7 +34,16 @@ def build_report(runs: dict[str, str | Path] | list[str | Path], out_dir: str | 
     per comparison. Runs that are not the study's runs are refused before anything is written.
     """
     from k3eval.report.inputs import gather
-    from k3eval.report.sections import BuildContext, limitations, metrics, preference, setup, speed, summary
+    from k3eval.report.sections import (
+        BuildContext,
+        limitations,
+        metric_people,
+        metrics,
+        preference,
+        setup,
+        speed,
+        summary,
+    )
     from k3eval.report.sections import examples as sec_examples
 
     if examples < 0:
@@ -44,7 +53,7 @@ def build_report(runs: dict[str, str | Path] | list[str | Path], out_dir: str | 
     ctx = BuildContext(inputs, n_examples=examples)
     built = {sid: mod.build(ctx) for sid, mod in (("summary", summary), ("setup", setup), ("metrics", metrics),
                                                   ("speed", speed), ("preference", preference),
-                                                  ("examples", sec_examples))}
+                                                  ("metric_people", metric_people), ("examples", sec_examples))}
     built["limitations"] = limitations.build(ctx)  # last: it gathers what the others found
     sections = [built[sid] for sid, _ in SECTIONS]
 

@@ -132,7 +132,8 @@ def gather(runs: dict[str, str | Path] | list[str | Path], *, study: str | None,
            votes: pd.DataFrame | None, info: dict[str, Any] | None, n_resamples: int, seed: int,
            two_level: bool) -> ReportInputs:
     """Read and check every input of a report (nothing is written)."""
-    from k3eval.sbs.analysis import analyze_votes, load_metric_scores
+    from k3eval.sbs.analysis import analyze_votes
+    from k3eval.sbs.metric_agreement import load_image_scores
 
     named = resolve_runs(runs)
     if not named:
@@ -148,7 +149,7 @@ def gather(runs: dict[str, str | Path] | list[str | Path], *, study: str | None,
     run_data = load_runs(named)
     out = ReportInputs(run_data, named, info, votes, extra_runs=extra, absent_runs=absent)
     if votes is not None:
-        scores = load_metric_scores({**study_runs, **named})
+        scores = load_image_scores({**study_runs, **named})
         kw = dict(n_resamples=n_resamples, seed=seed, two_level=two_level, comparisons=info.get("comparisons"),
                   questions=info.get("questions"))
         out.stats_all = analyze_votes(votes, scores, **kw)

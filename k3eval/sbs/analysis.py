@@ -19,6 +19,13 @@ import pandas as pd
 
 from k3eval import stats
 from k3eval.errors import UserError
+from k3eval.sbs.metric_agreement import (
+    ACCURACY_COLUMNS,
+    ORDERING_COLUMNS,
+    metric_ordering,
+    pairwise_accuracy,
+    predictor_ranking,
+)
 
 ALL = "all"  # the category label of the overall row
 RESULTS = ("win", "equal", "both_bad", "loss")
@@ -42,10 +49,13 @@ class StudyStats:
     qc: pd.DataFrame
     metric_agreement: pd.DataFrame
     summary: dict[str, Any] = field(default_factory=dict)
+    metric_ordering: pd.DataFrame = field(default_factory=pd.DataFrame)
+    metric_ranking: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {"preference": self.preference, "bradley_terry": self.bradley_terry, "agreement": self.agreement,
-                "qc": self.qc, "metric_agreement": self.metric_agreement}
+                "qc": self.qc, "metric_agreement": self.metric_agreement, "metric_ordering": self.metric_ordering,
+                "metric_ranking": self.metric_ranking}
 
 
 def check_votes_frame(votes: pd.DataFrame) -> pd.DataFrame:
@@ -283,61 +293,6 @@ def agreement_table(v: pd.DataFrame, order: list[tuple[str, str]], questions: li
     return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS)
 
 
-def metric_agreement_table(v: pd.DataFrame, metric_scores: pd.DataFrame | None, units: _Units | None = None,
-                           order: list[tuple[str, str]] | None = None, questions: list[str] | None = None,
-                           metric: str = "clip_score", level: float = 0.95) -> pd.DataFrame:
-    """How often the image with the higher automatic score is the one people chose, per comparison and question.
-
-    metric_scores: columns model, prompt_id, sample, <metric> (what `load_metric_scores` returns). Only votes with a
-    winner count; votes where both images score exactly the same are left out. The interval of the share comes from
-    the analysis' shared resampling of prompts (`units`); without it, from the same scheme built here.
-    """
-    cols = ["comparison", "question", "metric", "n", "agree", "share", "share_lo", "share_hi"]
-    if metric_scores is None or metric_scores.empty or metric not in metric_scores or v.empty:
-        return pd.DataFrame(columns=cols)
-    if units is None:
-        units = _units(v, 1000, 0, False)
-    key = metric_scores.set_index(["model", "prompt_id", "sample"])[metric]
-    key = key[~key.index.duplicated(keep="last")]
-    keep = v["result"].isin(["win", "loss"]).to_numpy()
-    d = v[keep].copy()
-    idx_a = pd.MultiIndex.from_arrays([d["model_a"], d["prompt_id"], d["sample"].astype("int64")])
-    idx_b = pd.MultiIndex.from_arrays([d["model_b"], d["prompt_id"], d["sample"].astype("int64")])
-    m_a = key.reindex(idx_a).to_numpy(dtype=np.float64)
-    m_b = key.reindex(idx_b).to_numpy(dtype=np.float64)
-    ok = np.isfinite(m_a) & np.isfinite(m_b) & (m_a != m_b)
-    d = d[ok]
-    prompt, annotator = units.prompt[keep][ok], units.annotator[keep][ok]
-    agree = ((m_a[ok] > m_b[ok]) == (d["result"] == "win").to_numpy()).astype(np.float64)
-    names = [f"{a} vs {b}" for a, b in (order or comparison_order(v))]
-    comp = d["comparison"].to_numpy(dtype=object)
-    qs = d["question"].to_numpy(dtype=object)
-    rows, members = [], []
-    for q in (questions or question_order(v)):
-        for name in [ALL, *names]:
-            sel = np.flatnonzero((qs == q) & ((comp == name) if name != ALL else True))
-            if name != ALL and not sel.size:
-                continue
-            members.append(np.column_stack([sel, np.full(sel.size, len(rows))]))
-            k = int(agree[sel].sum())
-            rows.append({"comparison": name, "question": q, "metric": metric, "n": int(sel.size), "agree": k,
-                         "share": k / sel.size if sel.size else np.nan})
-    if not rows:
-        return pd.DataFrame(columns=cols)
-    pairs = np.concatenate(members)
-    vote, cell = pairs[:, 0], pairs[:, 1]
-    a_idx = annotator[vote] if units.resampling.annotator is not None else None
-    num = units.resampling.totals(prompt[vote], a_idx, cell, agree[vote], len(rows))
-    den = units.resampling.totals(prompt[vote], a_idx, cell, np.ones(vote.size), len(rows))
-    present = np.zeros((units.resampling.prompt.shape[1], len(rows)), dtype=bool)
-    present[prompt[vote], cell] = True
-    out = pd.DataFrame(rows)
-    out["share_lo"], out["share_hi"] = stats.t_widened(out["share"].to_numpy(dtype=np.float64),
-                                                       *stats.ratio_ci(num, den, level),
-                                                       units.resampling.degrees_of_freedom(present), level, (0.0, 1.0))
-    return out[cols]
-
-
 def load_metric_scores(runs: dict[str, str | Path], metric: str = "clip_score") -> pd.DataFrame:
     """Per-image scores stored by `k3eval score` (RUN/scores/per_image.parquet) for each run that has them:
     columns model, prompt_id, sample, <metric>. Runs without that file or column are skipped (never recomputed)."""
@@ -373,6 +328,8 @@ def analyze_votes(votes: pd.DataFrame, metric_scores: pd.DataFrame | None = None
                   n_flips: int = 10_000) -> StudyStats:
     """Every table of a study's statistics from its votes frame.
 
+    metric_scores: the per-image automatic scores of the study's images (`k3eval.sbs.metric_agreement.
+    load_image_scores`, or a wide frame of one column per metric) for the metric-vs-people tables.
     exclude_flagged: drop the votes of annotators flagged by quality control before computing preference,
     Bradley-Terry, agreement and metric agreement (the QC table always covers everyone). n_resamples, seed, level:
     of every bootstrap; two_level: resample annotators as well as prompts (and test by bootstrap); alpha: the level of
@@ -399,11 +356,13 @@ def analyze_votes(votes: pd.DataFrame, metric_scores: pd.DataFrame | None = None
         pref = preference_table(v, units, order, qs, level, alpha, n_flips, seed)
         models = list(dict.fromkeys(m for pair in order for m in pair))
         bt = bradley_terry_table(v, units, models, qs, level)
-        metric = metric_agreement_table(v, metric_scores, units, order, qs, level=level)
+        metric = pairwise_accuracy(v, metric_scores, units, order, qs, level)
+        ordering = metric_ordering(v, metric_scores, pref, n_resamples, seed, level)
     else:
         pref = pd.DataFrame(columns=PREFERENCE_COLUMNS)
         bt = bradley_terry_table(v, units, [], qs, level)
-        metric = metric_agreement_table(v, None)
+        metric = pd.DataFrame(columns=ACCURACY_COLUMNS)
+        ordering = pd.DataFrame(columns=ORDERING_COLUMNS)
     agree = agreement_table(v, order, qs, n_resamples, seed, level)
     all_models = list(dict.fromkeys([*v_all["model_a"], *v_all["model_b"]]))
     n_people = int(v_all["annotator"].nunique())
@@ -424,8 +383,10 @@ def analyze_votes(votes: pd.DataFrame, metric_scores: pd.DataFrame | None = None
         "agreement_bootstrap": f"rescaled bootstrap of items with 2+ ratings, {n_resamples} resamples, seed {seed}",
         "multiplicity": "overall rows: Holm (verdict) and Benjamini-Hochberg across every comparison x question of "
                         "the study; category rows: across the categories of one comparison and question",
+        "metric_agreement": "pairwise accuracy over votes with a winner ('equal' and 'both bad' left out); a metric "
+                            "tie (equal scores) counts half; intervals from the shared prompt resampling",
     }
-    return StudyStats(pref, bt, agree, qc, metric, summary)
+    return StudyStats(pref, bt, agree, qc, metric, summary, ordering, predictor_ranking(metric, ordering))
 
 
 def exclusion_warning(result: StudyStats) -> str:
@@ -487,6 +448,10 @@ def format_overview(result: StudyStats) -> str:
                  f"{pref['family'].iloc[0]}; intervals: {s['bootstrap']}")
     for r in result.bradley_terry.itertuples(index=False):
         lines.append(f"BT {r.question:<10} #{r.rank} {r.model:<30} Elo {r.elo:.0f} [{r.elo_lo:.0f}, {r.elo_hi:.0f}]")
+    for r in result.metric_ranking.itertuples(index=False):
+        lines.append(f"metric vs people, {r.question:<10} #{r.rank} {r.display_name:<16} pairwise accuracy "
+                     f"{format_interval(r.accuracy, r.accuracy_lo, r.accuracy_hi)} over {r.n} votes; orders "
+                     f"{r.ordered_like_people} of {r.comparisons} comparisons as people did")
     flagged = s.get("flagged_annotators") or []
     lines.append(f"flagged annotators: {', '.join(flagged) if flagged else 'none'}")
     if s.get("exclude_flagged"):
@@ -500,6 +465,6 @@ def format_overview(result: StudyStats) -> str:
 __all__ = [
     "ALL", "MIN_REMAINING", "PREFERENCE_COLUMNS", "RESULTS", "STATS_VERSION", "StudyStats", "agreement_table",
     "analyze_votes", "bradley_terry_table", "check_votes_frame", "comparison_order", "exclusion_warning",
-    "format_interval", "format_overview", "format_p", "load_metric_scores", "metric_agreement_table",
+    "format_interval", "format_overview", "format_p", "load_metric_scores",
     "outcome_for_a", "preference_table", "question_order", "regular_votes", "resampling_scheme", "write_stats",
 ]

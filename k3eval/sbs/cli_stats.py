@@ -12,11 +12,12 @@ from k3eval.cli import positive_int
 
 def cmd_stats(args) -> int:
     from k3eval.sbs import study_info, votes_frame
-    from k3eval.sbs.analysis import analyze_votes, format_overview, load_metric_scores, write_stats
+    from k3eval.sbs.analysis import analyze_votes, format_overview, write_stats
+    from k3eval.sbs.metric_agreement import load_image_scores
 
     info = study_info(args.name, args.db)
     votes = votes_frame(args.name, args.db)
-    scores = load_metric_scores(info["runs"])
+    scores = load_image_scores(info["runs"])
     result = analyze_votes(votes, scores, exclude_flagged=args.exclude_flagged, n_resamples=args.resamples,
                            seed=args.seed, two_level=args.two_level, comparisons=info.get("comparisons"),
                            questions=info.get("questions"))

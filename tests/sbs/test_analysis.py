@@ -11,9 +11,7 @@ from k3eval.errors import UserError
 from k3eval.sbs.analysis import (
     ALL,
     analyze_votes,
-    check_votes_frame,
     load_metric_scores,
-    metric_agreement_table,
     regular_votes,
     write_stats,
 )
@@ -126,12 +124,12 @@ def test_metric_agreement_by_hand():
                       "answer": "left", "winner": ["A", "A", "B", "tie", "B"], "annotator": "x"})
     scores = pd.DataFrame({"model": ["A"] * 5 + ["B"] * 5, "prompt_id": [f"p{i}" for i in range(1, 6)] * 2,
                            "sample": 0, "clip_score": [0.3, 0.1, 0.2, 0.5, 0.4, 0.2, 0.2, 0.3, 0.1, 0.4]})
-    t = metric_agreement_table(regular_votes(check_votes_frame(v)), scores)
-    row = t[t["comparison"] == ALL].iloc[0]
-    # p1: A higher, A won -> agree; p2: A lower, A won -> disagree; p3: A lower, B won -> agree; p4 tie: out;
-    # p5: equal scores -> out
-    assert (row["n"], row["agree"]) == (3, 2)
-    assert np.isnan(row["share_lo"]) or row["share_lo"] <= row["share"] <= row["share_hi"]
+    t = analyze_votes(v, scores, n_resamples=50).metric_agreement
+    row = t[(t["comparison"] == ALL) & (t["category"] == ALL)].iloc[0]
+    # p1: A higher, A won -> agree; p2: A lower, A won -> disagree; p3: A lower, B won -> agree; p4 tie vote: out;
+    # p5: equal scores -> half
+    assert (row["n"], row["agree"], row["metric_ties"]) == (4, 2.5, 1)
+    assert np.isnan(row["accuracy_lo"]) or row["accuracy_lo"] <= row["accuracy"] <= row["accuracy_hi"]
 
 
 def test_load_metric_scores_reads_only_what_is_stored(tmp_path):
@@ -150,7 +148,8 @@ def test_errors_and_writing(votes, result, tmp_path):
         analyze_votes(votes, n_resamples=0)
     paths = write_stats(result, tmp_path)
     assert {p.name for p in paths} == {"preference.csv", "bradley_terry.csv", "agreement.csv", "qc.csv",
-                                       "metric_agreement.csv", "summary.json"}
+                                       "metric_agreement.csv", "metric_ordering.csv", "metric_ranking.csv",
+                                       "summary.json"}
     back = pd.read_csv(tmp_path / "preference.csv")
     assert len(back) == len(result.preference) and back["win"].sum() == result.preference["win"].sum()
 

@@ -1,6 +1,7 @@
 """Human preference in detail (docs/statistics.md): the overall table, per comparison the stacked bars by category,
-the per-category table (collapsed), Bradley-Terry, agreement with intervals, quality control, the verdicts again
-without flagged annotators (how many are dropped, a warning below three), and CLIP score vs people."""
+the per-category table (collapsed), Bradley-Terry, agreement with intervals, quality control, and the verdicts again
+without flagged annotators (how many are dropped, a warning below three). Automatic scores vs people have their own
+section (`metric_people`)."""
 
 from __future__ import annotations
 
@@ -159,17 +160,6 @@ def build(ctx: BuildContext) -> Section:
     s.table(Table("qc", "Quality control per annotator (one rule set with sbs status and sbs stats)", qc,
                   columns=qcols, collapsed=len(qc) > 15, note=f"Flags (never automatic exclusions): {rules}."))
     _exclusion(ctx, s, level)
-    s.h3("Automatic metric vs people")
-    ma = st.metric_agreement
-    if ma.empty:
-        s.note("No per-image CLIP scores stored (scores/per_image.parquet) for the study's runs: agreement between "
-               "the metric and people cannot be shown.")
-    else:
-        mcols = [Column("comparison", ("comparison",)), Column("question", ("question",)),
-                 Column("metric", ("metric",)), Column("votes", ("n",)), Column("agree", ("agree",)),
-                 Column(f"share [{level:.0%} CI]", ("share", "share_lo", "share_hi"), interval(2))]
-        s.table(Table("metric_agreement", "How often the image with the higher CLIP score won (votes with a winner; "
-                      "interval from the prompt resampling)", ma, columns=mcols))
     return s
 
 

@@ -29,9 +29,11 @@ def mean_of_means(values: Sequence[float], strata: Sequence) -> float:
 
 def mean_of_means_ci(values: Sequence[float], groups: Sequence, strata: Sequence, n_resamples: int, seed: int,
                      level: float = 0.95) -> tuple[float, float] | None:
-    """Percentile interval of `mean_of_means` by resampling groups (prompts) with replacement within their stratum
-    (task); None when turned off or with fewer than 2 groups. Every value of a group must share its stratum."""
-    from k3eval.stats import stratified_resample_weights
+    """Interval of `mean_of_means` from the rescaled bootstrap of groups (prompts) within their stratum (task), as
+    the study statistics resample (`k3eval.stats.rescaled_resample_weights`, Rao-Wu), t-widened with df = groups -
+    strata; None when turned off or with fewer than 2 groups. Every value of a group must share its stratum.
+    Values within [0, 1] (shares of correct images, probabilities) give an interval clipped to [0, 1]."""
+    from k3eval.stats import percentile_ci, rescaled_resample_weights, stratum_codes, t_widened
 
     v = np.asarray(values, np.float64)
     g_index, group_stratum, s_labels = _groups(groups, strata)
@@ -40,14 +42,19 @@ def mean_of_means_ci(values: Sequence[float], groups: Sequence, strata: Sequence
         return None
     sums = np.bincount(g_index, weights=v, minlength=n_groups)
     counts = np.bincount(g_index, minlength=n_groups).astype(np.float64)
-    w = stratified_resample_weights(group_stratum, n_resamples, seed)
+    w = rescaled_resample_weights(group_stratum, n_resamples, seed)
     onehot = np.eye(len(s_labels))[group_stratum]  # groups x strata
     num = w @ (sums[:, None] * onehot)
     den = w @ (counts[:, None] * onehot)
-    stat = (num / den).mean(1)
-    a = (1.0 - level) / 2.0
-    lo, hi = np.quantile(stat, [a, 1.0 - a])
-    return float(lo), float(hi)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        stat = (num / den).mean(1)  # a stratum pooled with others can draw none of its groups: nan, left out
+    lo, hi = percentile_ci(stat[:, None], level)
+    df = np.array([n_groups - len(np.unique(stratum_codes(group_stratum)))])
+    bounds = (0.0, 1.0) if v.size and v.min() >= 0.0 and v.max() <= 1.0 else None
+    lo, hi = t_widened(np.array([mean_of_means(v, strata)]), lo, hi, df, level, bounds=bounds)
+    if not (np.isfinite(lo[0]) and np.isfinite(hi[0])):
+        return None
+    return float(lo[0]), float(hi[0])
 
 
 def prompt_any(values: Sequence[float], groups: Sequence) -> tuple[np.ndarray, np.ndarray]:

@@ -18,8 +18,9 @@ def test_mean_of_means_by_hand():
     assert any_ok.tolist() == [1.0, 0.0] and prompts.tolist() == ["x", "y"]
 
 
-def test_a_task_with_one_prompt_per_resample_keeps_its_size():
-    # task "b" has a single prompt: every resample draws it, so it contributes exactly its mean
+def test_a_task_with_one_prompt_is_pooled_and_adds_no_spread_of_its_own():
+    # task "b" has a single prompt: it is resampled with task "a"'s prompts (a stratum of one shows no variance);
+    # every prompt has mean 0.5, so no resample can move the mean of means
     values = [1, 0, 1, 0, 0.5, 0.5]
     groups = ["a1", "a1", "a2", "a2", "b1", "b1"]
     lo, hi = mean_of_means_ci(values, groups, ["a"] * 4 + ["b"] * 2, 500, seed=1)
@@ -46,6 +47,20 @@ def test_interval_covers_the_truth_about_95_percent_of_the_time():
         # the truth of this design: the expected rate of a clipped normal per task, averaged over tasks
         covered += lo <= TRUE_OVERALL <= hi
     assert 0.90 <= covered / reps <= 0.99
+
+
+def test_few_prompts_per_task_still_cover():
+    """The case the plain stratified bootstrap gets wrong (about 80 % coverage at 2 prompts per task): 8 tasks of 3
+    prompts, one image each; the rescaled, t-widened interval must cover the truth in at least 90 % of 300 runs."""
+    rng = np.random.default_rng(11)
+    mus = np.linspace(0.2, 0.8, 8)
+    covered = 0
+    for r in range(300):
+        values = np.concatenate([rng.random(3) < m for m in mus]).astype(float)
+        tasks = np.repeat(np.arange(8).astype(str), 3)
+        lo, hi = mean_of_means_ci(values, np.arange(24).astype(str), tasks, 400, seed=r)
+        covered += lo <= mus.mean() <= hi
+    assert covered / 300 >= 0.90
 
 
 def _clipped_normal_mean(mu: float, sd: float) -> float:

@@ -56,8 +56,19 @@ def parse_metric_settings(items: list[str]) -> dict[str, dict]:
     return out
 
 
+def _device(args) -> str:
+    """--device checked before any work (`banana`, or `cuda` on a machine without one, is a one-line error); under
+    torchrun a bare `cuda` is this rank's own GPU."""
+    from k3eval.generate import rank_device
+    from k3eval.utils import check_device
+
+    return check_device(rank_device(args.device))
+
+
 def cmd_score(args) -> int:
     from k3eval.metrics.score import ScoreOptions, score_run
+
+    args.device = _device(args)
 
     opts = ScoreOptions(
         metrics=args.metrics, reference=args.reference, reference_protocol=args.reference_protocol,
@@ -118,6 +129,7 @@ def cmd_reference_build(args) -> int:
     if args.stats_only and "kid" in metrics:
         raise UserError("--stats-only keeps the mean and covariance only, and KID needs the features: leave kid out "
                         "of --metrics, or drop --stats-only")
+    args.device = _device(args)
     inception = InceptionExtractor(resolve_inception_weights(args.inception_weights), args.protocol, args.device,
                                    args.batch_size, args.dtype)
     clip = ClipImageExtractor("open_clip", args.cmmd_model, args.cmmd_pretrained, args.device, args.batch_size) \

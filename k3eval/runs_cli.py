@@ -18,7 +18,7 @@ def cmd_import(args) -> int:
             raise UserError("--layout geneval: the folder's metadata.jsonl files give the prompts; leave out "
                             "--mapping and --prompts (or pass --prompts geneval)")
         report = import_geneval(args.images_dir, args.out, name=args.name, version=args.version, date=args.date,
-                                force=args.force, allow_missing=not args.strict, progress=True)
+                                force=args.force, allow_missing=args.allow_missing, progress=True)
         print("\n".join(report.lines()))
         return 0
     if not args.mapping or not args.prompts:

@@ -59,6 +59,11 @@ class FileHashes:
         self._changed = True
         return sha
 
+    def digest(self, path: Path) -> str:
+        """The file's sha256: the recorded one when its size and mtime are unchanged, else hashed now."""
+        sha, stat = self.lookup(path)
+        return sha if sha is not None else self.hash(path, stat)
+
     def save(self) -> None:
         if self.store is not None and self._changed:
             atomic_write_json(self.store, self._records)

@@ -63,11 +63,17 @@ def missing_parts(ctx: BuildContext, s: Section) -> None:
         ctx.limits.append(text)
 
 
-def metric_overview(ctx: BuildContext) -> Table | None:
-    """Run x metric, the stored value with its stored interval (never recomputed)."""
+#: metrics per summary table: one table of every metric stops fitting a 1440 px window at about 7 metrics with
+#: intervals, so more metrics are split over several tables (each with the run column)
+METRICS_PER_TABLE = 5
+
+
+def metric_overview(ctx: BuildContext) -> list[Table]:
+    """Run x metric, the stored value with its stored interval (never recomputed), in tables of at most
+    METRICS_PER_TABLE metrics, in the order the runs stored them; [] when no run has scores."""
     runs = [r for r in ctx.inputs.runs if r.scores and r.scores.get("metrics")]
     if not runs:
-        return None
+        return []
     names: list[str] = []
     meta: dict[str, dict[str, Any]] = {}
     for r in runs:
@@ -84,13 +90,19 @@ def metric_overview(ctx: BuildContext) -> Table | None:
             row.update({m: d.get("value"), f"{m}_lo": ci[0], f"{m}_hi": ci[1]})
         rows.append(row)
 
-    cols = [Column("run", ("run",))]
-    for m in names:
-        better = "↑" if meta[m].get("higher_is_better", True) else "↓"
-        cols.append(Column(f"{meta[m].get('display_name', m)} {better}", (m, f"{m}_lo", f"{m}_hi"), value_interval,
-                           "higher is better" if better == "↑" else "lower is better"))
-    return Table("summary_metrics", "Automatic metrics per run as stored (↑ higher is better, ↓ lower is better; "
-                 "details in section 2)", pd.DataFrame(rows), columns=cols)
+    chunks = [names[i:i + METRICS_PER_TABLE] for i in range(0, len(names), METRICS_PER_TABLE)]
+    tables = []
+    for k, chunk in enumerate(chunks, 1):
+        cols = [Column("run", ("run",))]
+        for m in chunk:
+            better = "↑" if meta[m].get("higher_is_better", True) else "↓"
+            cols.append(Column(f"{meta[m].get('display_name', m)} {better}", (m, f"{m}_lo", f"{m}_hi"),
+                               value_interval, "higher is better" if better == "↑" else "lower is better"))
+        part = f" ({k} of {len(chunks)})" if len(chunks) > 1 else ""
+        tables.append(Table("summary_metrics" + (f"_{k}" if k > 1 else ""),
+                            f"Automatic metrics per run as stored{part} (↑ higher is better, ↓ lower is better; "
+                            "details in section 2)", pd.DataFrame(rows), columns=cols))
+    return tables
 
 
 def build(ctx: BuildContext) -> Section:
@@ -136,9 +148,8 @@ def build(ctx: BuildContext) -> Section:
             if left < 3:
                 s.warn(f"Without the flagged annotators only {left} remain (fewer than 3): that view rests on too "
                        "few people.")
-    metrics = metric_overview(ctx)
-    if metrics is not None:
-        s.table(metrics)
+    for table in metric_overview(ctx):
+        s.table(table)
     return s
 
 

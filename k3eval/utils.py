@@ -10,7 +10,7 @@ import os
 import platform
 import subprocess
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -31,6 +31,29 @@ def file_lock(path: str | Path):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def build_once(folder: str | Path, lock: str | Path, build: Callable[[Path], None], marker: str = "ok\n") -> Path:
+    """`folder`, made by `build(tmp)` the first time it is asked for and reused after: under the file lock `lock` (so
+    processes that start together build it once), into a hidden sibling folder that gets a `.complete` marker (text
+    `marker`) and is then renamed into place. A build that stops half-way leaves only that sibling, which the next
+    call removes and builds again; a folder without the marker is never returned."""
+    import shutil
+
+    folder = Path(folder)
+    if (folder / ".complete").exists():
+        return folder
+    with file_lock(lock):
+        if (folder / ".complete").exists():
+            return folder
+        tmp = folder.with_name(f".{folder.name}.building")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        build(tmp)
+        (tmp / ".complete").write_text(marker)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    return folder
 
 
 def current_umask() -> int:

@@ -118,3 +118,26 @@ def test_check_device():
             check_device("cuda:1")
     with pytest.raises(UserError, match="--device xla: no xla device is available here"):
         check_device("xla")
+
+
+def test_build_once_builds_once_and_never_returns_a_half_built_folder(tmp_path):
+    from k3eval.utils import build_once
+
+    calls = []
+
+    def failing(tmp):
+        (tmp / "part").write_text("half")
+        raise RuntimeError("stopped")
+
+    def good(tmp):
+        calls.append(tmp)
+        (tmp / "model.bin").write_text("weights")
+
+    folder, lock = tmp_path / "model-v1", tmp_path / ".model.lock"
+    with pytest.raises(RuntimeError):
+        build_once(folder, lock, failing)
+    assert not folder.exists()  # only the hidden building folder is left behind
+    assert build_once(folder, lock, good, marker="seed 3\n") == folder
+    assert (folder / "model.bin").read_text() == "weights" and (folder / ".complete").read_text() == "seed 3\n"
+    assert not (folder / "part").exists() and sorted(p.name for p in tmp_path.iterdir()) == [".model.lock", "model-v1"]
+    assert build_once(folder, lock, good) == folder and len(calls) == 1

@@ -7,7 +7,6 @@ noise-like (the weights are random) but every code path is the real one.
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from typing import Any, ClassVar
 from tqdm.auto import tqdm
 
 from k3eval.generators.diffusers_pipeline import DiffusersPipelineGenerator
-from k3eval.utils import cache_dir, file_lock
+from k3eval.utils import build_once, cache_dir
 
 TINY_VERSION = "v2"  # bump when a builder changes, so stale cached folders are rebuilt
 
@@ -26,26 +25,15 @@ def tiny_folder(name: str, build: Callable[[Path], None]) -> Path:
     """The cached folder of tiny component `name`, built once (under a file lock, for parallel processes); the first
     build takes seconds (a tokenizer is trained, networks initialised and saved), so it says so on stderr."""
     root = cache_dir() / "tiny"
-    folder = root / f"{name}-{TINY_VERSION}"
-    if (folder / ".complete").exists():
-        return folder
-    with file_lock(root / f".{name}.lock"):
-        if (folder / ".complete").exists():
-            return folder
-        tmp = root / f".{name}-{TINY_VERSION}.building"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+
+    def announced(tmp: Path) -> None:
         # tqdm.write: a generate progress bar may be on screen, and the line must not be glued to it
         tqdm.write(f"k3eval: building the offline model '{name}' in {root} (first use only)...", file=sys.stderr)
         t0 = time.perf_counter()
         build(tmp)
         tqdm.write(f"k3eval: built '{name}' in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        (tmp / ".complete").write_text("ok\n")
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    return folder
+
+    return build_once(root / f"{name}-{TINY_VERSION}", root / f".{name}.lock", announced)
 
 
 def _corpus() -> list[str]:

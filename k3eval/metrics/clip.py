@@ -23,7 +23,7 @@ import numpy as np
 
 from k3eval.errors import UserError
 from k3eval.metrics.weights import SYNTHETIC, SYNTHETIC_VERSION, weights_dir
-from k3eval.utils import file_lock, sha256_file
+from k3eval.utils import build_once, file_lock, sha256_file
 
 TINY_CLIP = "k3eval-tiny-clip"
 TINY_CLIP_CONFIG = {
@@ -131,18 +131,11 @@ def synthetic_transformers_clip(seed: int = 0) -> Path:
     folder = weights_dir() / f"synthetic-hf-clip-{SYNTHETIC_VERSION}-seed{seed}"
     if (folder / ".complete").exists():
         return folder
-    import shutil
 
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-    with file_lock(weights_dir() / ".hf_clip.lock"):
-        if (folder / ".complete").exists():
-            return folder
-        tmp = folder.with_name(folder.name + ".building")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+    def build(tmp: Path) -> None:
         _hf_tokenizer_files(tmp)
         tokenizer = CLIPTokenizer(str(tmp / "vocab.json"), str(tmp / "merges.txt"))
         images = CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
@@ -165,10 +158,8 @@ def synthetic_transformers_clip(seed: int = 0) -> Path:
             model.vision_model.post_layernorm.bias.copy_(bias)
         model.save_pretrained(tmp)
         CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(tmp)
-        (tmp / ".complete").write_text("ok\n")
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+
+    build_once(folder, weights_dir() / ".hf_clip.lock", build)
     return folder
 
 

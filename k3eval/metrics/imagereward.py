@@ -306,7 +306,6 @@ def _synthetic_vocab() -> list[str]:
 def synthetic_imagereward(seed: int = 0) -> tuple[Path, Path, Path]:
     """(ImageReward.pt, med_config.json, tokenizer folder) of a small BLIP reward model with seeded weights, in the
     authors' file layout (the checkpoint's keys are BLIP's), built once into the weights cache."""
-    import shutil
 
     folder = weights_dir() / f"synthetic-imagereward-{SYNTHETIC_VERSION}-seed{seed}"
     files = (folder / HUB_FILE, folder / MED_CONFIG, folder / "tokenizer")
@@ -317,15 +316,10 @@ def synthetic_imagereward(seed: int = 0) -> tuple[Path, Path, Path]:
     from transformers.models.blip.modeling_blip import BlipVisionModel
     from transformers.models.blip.modeling_blip_text import BlipTextModel
 
-    from k3eval.utils import file_lock
+    from k3eval.utils import build_once
 
-    with file_lock(weights_dir() / ".imagereward.lock"):
-        if (folder / ".complete").exists():
-            return files
-        tmp = folder.with_name(folder.name + ".building")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        (tmp / "tokenizer").mkdir(parents=True)
+    def build(tmp: Path) -> None:
+        (tmp / "tokenizer").mkdir()
         vocab = _synthetic_vocab()
         (tmp / "tokenizer" / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
         BertTokenizer(str(tmp / "tokenizer" / "vocab.txt"), do_lower_case=True).save_pretrained(tmp / "tokenizer")
@@ -367,9 +361,7 @@ def synthetic_imagereward(seed: int = 0) -> tuple[Path, Path, Path]:
         state.update({"blip.vision_proj.weight": torch.zeros(16, width), "blip.vision_proj.bias": torch.zeros(16),
                       "blip.text_proj.weight": torch.zeros(16, 32), "blip.text_proj.bias": torch.zeros(16)})
         torch.save(state, tmp / HUB_FILE)
-        (tmp / ".complete").write_text("ok\n")
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+
+    build_once(folder, weights_dir() / ".imagereward.lock", build)
     return files
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -32,7 +31,7 @@ import numpy as np
 
 from k3eval.errors import UserError
 from k3eval.metrics.weights import SYNTHETIC, weights_dir
-from k3eval.utils import file_lock, sha256_file
+from k3eval.utils import build_once, sha256_file
 
 SYNTHETIC_VISION_VERSION = "v2"  # bump when a builder below changes, so cached folders are rebuilt
 MMDET_SIZE = (1333, 800)
@@ -706,18 +705,10 @@ def build_synthetic(kind: str, seed: int = 0) -> Path:
     import torch
 
     folder = weights_dir() / f"synthetic-{kind}-{SYNTHETIC_VISION_VERSION}-seed{seed}"
-    if (folder / ".complete").exists():
-        return folder
-    with file_lock(weights_dir() / f".{kind}.lock"):
-        if (folder / ".complete").exists():
-            return folder
-        tmp = folder.with_name(folder.name + ".building")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+
+    def build(tmp: Path) -> None:
         with torch.random.fork_rng(), quiet_transformers():
             torch.manual_seed(seed)
             _BUILDERS[kind](tmp)
-        (tmp / ".complete").write_text(json.dumps({"kind": kind, "seed": seed}) + "\n")
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
-    return folder
+
+    return build_once(folder, weights_dir() / f".{kind}.lock", build, json.dumps({"kind": kind, "seed": seed}) + "\n")

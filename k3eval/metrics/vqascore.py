@@ -291,7 +291,6 @@ def synthetic_vlm(seed: int = 0) -> Path:
     """A small Qwen2.5-VL (transformers' Qwen2_5_VLForConditionalGeneration and Qwen2_5_VLProcessor) with seeded
     weights, a byte-level BPE tokenizer trained on a few sentences, a Qwen-style chat template and a generation config
     with Qwen2.5-VL-Instruct's repetition penalty, saved with save_pretrained."""
-    import shutil
 
     folder = weights_dir() / f"synthetic-vlm-{SYNTHETIC_VERSION}-seed{seed}"
     if (folder / ".complete").exists():
@@ -308,15 +307,9 @@ def synthetic_vlm(seed: int = 0) -> Path:
         Qwen2VLVideoProcessor,
     )
 
-    from k3eval.utils import file_lock
+    from k3eval.utils import build_once
 
-    with file_lock(weights_dir() / ".vlm.lock"):
-        if (folder / ".complete").exists():
-            return folder
-        tmp = folder.with_name(folder.name + ".building")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+    def build(tmp: Path) -> None:
         bpe = Tokenizer(models.BPE())
         bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         bpe.decoder = decoders.ByteLevel()
@@ -349,8 +342,6 @@ def synthetic_vlm(seed: int = 0) -> Path:
         model.generation_config = GenerationConfig(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
                                                    pad_token_id=ids["<|endoftext|>"], repetition_penalty=1.05)
         model.save_pretrained(tmp)
-        (tmp / ".complete").write_text("ok\n")
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+
+    build_once(folder, weights_dir() / ".vlm.lock", build)
     return folder

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from report_browser import ARTIFACTS, open_report
 
@@ -29,6 +30,13 @@ def test_demo_benchmark_report(tmp_path):
         assert f'<section id="{sid}">' in text
     assert "SIMULATED VOTES" in text[: text.index("<nav>")]
     assert 'id="t-summary"' in text and 'id="t-preference_overall"' in text and 'id="t-examples"' in text
+    # issue 13: the demo report says which automatic score predicts the (simulated) people best, for every per-image
+    # metric the smoke benchmark scores, the learned ones included
+    md = (index.parent / "report.md").read_text(encoding="utf-8")
+    assert "Which automatic score predicts people best" in md
+    ranking = pd.read_csv(index.parent / "tables" / "metric_ranking.csv")
+    assert {"clip_score", "pickscore", "hpsv21", "imagereward", "aesthetic", "vqascore"} <= set(ranking["metric"])
+    assert set(ranking["question"]) == {"alignment", "quality"}
 
     seen = open_report(index, ARTIFACTS / "demo_report.png", width=1440)
     (ARTIFACTS / "demo_summary.png").write_bytes(seen["summary_shot"])

@@ -104,8 +104,12 @@ class PickScoreImages(ImageExtractor):
     def fingerprint(self) -> dict[str, Any]:
         return self._fp
 
+    def setup(self) -> None:
+        # loaded once here, in the main process: the forked decoding workers inherit it instead of each loading it
+        self.image_processor()
+
     def image_processor(self):
-        # prepare() runs in several decoding threads: the first ones must not race through transformers' lazy imports
+        # prepare() can run in several decoding threads: they must not race through transformers' lazy imports
         with self._lock:
             if self._images is None:
                 from transformers import AutoImageProcessor

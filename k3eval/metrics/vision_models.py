@@ -35,6 +35,7 @@ from k3eval.utils import build_once, sha256_file
 
 SYNTHETIC_VISION_VERSION = "v2"  # bump when a builder below changes, so cached folders are rebuilt
 MMDET_SIZE = (1333, 800)
+MASK_CHUNK = 32  # masks post-processed at a time
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 #: the 80 COCO instance classes as detectron2 and transformers name them (GenEval renames three)
@@ -270,17 +271,23 @@ class Mask2FormerDetector:
         scores, top = scores[image, rank], top[image, rank]
         labels, queries = top % n_cls, top // n_cls
         h, w = original
-        if len(top):
-            m = mask_logits[image, queries].float()[None]
+        mask_score, binary = [], []
+        # 32 masks at a time: each step's tensors stay in the CPU caches (about 3x faster than the whole batch at
+        # once), and every mask gets exactly the arithmetic it would get alone
+        for c in range(0, len(top), MASK_CHUNK):
+            m = mask_logits[image[c:c + MASK_CHUNK], queries[c:c + MASK_CHUNK]].float()[None]
             m = F.interpolate(m, size=padded, mode="bilinear", align_corners=False)[:, :, :resized[0], :resized[1]]
-            m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)[0]
-            binary = m > 0
-            mask_score = (m.sigmoid() * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
-            det = scores * mask_score
-            ok = det > floor
-            image, det, labels, binary = image[ok], det[ok], labels[ok], binary[ok]
-        else:
-            det, binary = scores, torch.zeros((0, h, w), dtype=torch.bool)
+            if tuple(resized) != (h, w):  # bilinear to the same size is the identity: skipped
+                m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
+            m = m[0]
+            # mmdet's arithmetic, in float as mmdet does it (sums over bool tensors are several times slower on CPU)
+            binary_f = (m > 0).float()
+            mask_score.append((m.sigmoid() * binary_f).flatten(1).sum(1) / (binary_f.flatten(1).sum(1) + 1e-6))
+            binary.append(binary_f.bool())
+        det = scores * torch.cat(mask_score) if binary else scores
+        binary = torch.cat(binary) if binary else torch.zeros((0, h, w), dtype=torch.bool)
+        ok = det > floor
+        image, det, labels, binary = image[ok], det[ok], labels[ok], binary[ok]
         boxes, det = mask_boxes(binary).cpu().numpy(), det.cpu().numpy()
         labels, binary, image = labels.cpu().numpy().astype(np.int64), binary.cpu().numpy(), image.cpu().numpy()
         return [Detections(boxes[image == b], det[image == b], labels[image == b], binary[image == b])

@@ -1,8 +1,11 @@
 """GenEval scored the way the official `evaluate_images.py` runs (djghosh13/geneval @ af4902f2): one image at a time
-through the detector, and for every include clause with a colour a fresh `torch.utils.data.DataLoader` (batch 16,
-`num_workers` workers, 4 in the official script) over the crops of that clause's objects, each crop classified by
-CLIP against that class's zero-shot weights computed on first use. The rules are `geneval_rules`' (tested on their
-own); this loop is the reference the batched extractor is compared with (tests) and timed against (benchmarks/perf).
+through the detector, post-processed as mmdet 2.x does it (`mmdet_detect`: every query's mask upsampled to the padded
+input, cropped, upsampled to the original size, then the top 100 (query, class) pairs each with its full-size mask,
+mask score and box, thresholds applied afterwards by the evaluation script), and for every include clause with a
+colour a fresh `torch.utils.data.DataLoader` (batch 16, `num_workers` workers, 4 in the official script) over the
+crops of that clause's objects, each crop classified by CLIP against that class's zero-shot weights computed on first
+use. The rules are `geneval_rules`' (tested on their own); this loop is the reference the batched extractor is
+compared with (tests) and timed against (benchmarks/perf).
 """
 
 from __future__ import annotations
@@ -26,9 +29,41 @@ class _Crops:
         return R.masked_crop(self.image, mask, box)
 
 
+def mmdet_detect(detector, image: np.ndarray):
+    """One image through a `Mask2FormerDetector`'s model and mmdet's own instance post-processing, written out as
+    mmdet 2.x runs it (`Mask2FormerHead.simple_test`, `MaskFormerFusionHead.simple_test` / `instance_postprocess`,
+    `mask2bbox`): nothing is pruned before the masks are made, so all `max_per_image` detections come back."""
+    import torch
+    import torch.nn.functional as F
+
+    from k3eval.metrics.vision_models import Detections, mask_boxes
+
+    x, (h, w) = detector.prepare(image)
+    padded = (-(-x.shape[1] // 32) * 32, -(-x.shape[2] // 32) * 32)
+    batch = torch.zeros((1, 3, *padded))
+    batch[0, :, :x.shape[1], :x.shape[2]] = x
+    with torch.inference_mode():
+        res = detector.model()(pixel_values=batch)
+        # the head: every query's mask logits to the padded input size; the fusion head: crop, then original size
+        masks = F.interpolate(res.masks_queries_logits.float(), size=padded, mode="bilinear", align_corners=False)[0]
+        masks = masks[:, :x.shape[1], :x.shape[2]]
+        masks = F.interpolate(masks[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+        probs = F.softmax(res.class_queries_logits[0].float(), dim=-1)[:, :-1]
+        n_cls = probs.shape[1]
+        scores, top = probs.flatten().topk(min(detector.max_per_image, probs.numel()), sorted=False)
+        labels, masks = top % n_cls, masks[top // n_cls]
+        binary = (masks > 0).float()
+        mask_scores = (masks.sigmoid() * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+        binary = binary.bool()
+    return Detections(mask_boxes(binary).numpy(), (scores * mask_scores).numpy(), labels.numpy().astype(np.int64),
+                      binary.numpy())
+
+
 def official_loop(paths, metas, detector, clip_encoder, rules: R.Rules = R.Rules(), workers: int = 4,
-                  stats: dict | None = None):
-    """(correct, reason) per image; `stats["loaders"]` counts the DataLoaders built (one per decided colour clause)."""
+                  stats: dict | None = None, mmdet_postprocess: bool = True):
+    """(correct, reason) per image; `stats["loaders"]` counts the DataLoaders built (one per decided colour clause).
+    `mmdet_postprocess=False` detects each image with the detector's own `detect` (k3eval's post-processing, which
+    makes masks only for pairs above the lowest threshold) instead of `mmdet_detect`."""
     import torch
 
     from k3eval.metrics.preprocess import load_rgb8
@@ -38,7 +73,10 @@ def official_loop(paths, metas, detector, clip_encoder, rules: R.Rules = R.Rules
     out = []
     for path, meta in zip(paths, metas):
         image = load_rgb8(path)
-        det = detector.detect([detector.prepare(image)], rules.floor)[0]
+        if mmdet_postprocess:
+            det = mmdet_detect(detector, image)
+        else:
+            det = detector.detect([detector.prepare(image)], rules.floor)[0]
         rows, masks = [], []
         for i, lab in enumerate(det.labels):
             if int(lab) in mapping:

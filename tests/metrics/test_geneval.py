@@ -11,7 +11,7 @@ import types
 import numpy as np
 import pandas as pd
 import pytest
-from geneval_reference import official_loop
+from geneval_reference import mmdet_detect, official_loop
 from metrics_helpers import make_run, make_set_run
 
 from k3eval.errors import UserError
@@ -73,6 +73,30 @@ def test_verdicts_equal_the_official_per_image_loop(geneval_run, tmp_path):
     assert ge["ci"][0] <= ge["value"] <= ge["ci"][1] and ge["correct_prompts"]["ci"] is not None
     assert ge["protocol"]["synthetic_weights"] and any("synthetic" in w for w in ge["warnings"])
     assert ge["protocol"]["rules"] == R.Rules().as_dict() and ge["protocol"]["floor"] == 0.3
+
+
+def test_batched_detections_equal_mmdet_post_processing_of_every_query():
+    """k3eval makes masks only for (query, class) pairs whose class probability is above the lowest threshold, for a
+    batch of images at once; mmdet makes all 100 per image. Above the floor both give the same detections, on
+    images whose resized, padded and original sizes all differ and on one whose resized size is its original size."""
+    det = make_detector(Geneval(TINY).settings, "cpu")
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((50, 70), (64, 96), (64, 96), (40, 40))]
+    batched = det.detect([det.prepare(im) for im in images], 0.3)
+    kept = 0
+    for image, mine in zip(images, batched):
+        ref = mmdet_detect(det, image)
+        assert len(ref.scores) == min(det.max_per_image, 24 * 80)  # every pair comes back from mmdet
+        order = np.argsort(-ref.scores, kind="stable")
+        above = order[ref.scores[order] > 0.3]
+        mine_order = np.argsort(-mine.scores, kind="stable")
+        np.testing.assert_allclose(mine.scores[mine_order], ref.scores[above], rtol=1e-6)
+        assert mine.labels[mine_order].tolist() == ref.labels[above].tolist()
+        np.testing.assert_array_equal(mine.boxes[mine_order], ref.boxes[above])
+        np.testing.assert_array_equal(mine.masks[mine_order], ref.masks[above])
+        assert mine.masks.shape[1:] == image.shape[:2]
+        kept += len(above)
+    assert kept > 0 and (ref.scores <= 0.3).any()  # the comparison had detections on both sides of the floor
 
 
 def test_rescoring_with_other_rules_runs_no_model(geneval_run, tmp_path, monkeypatch):

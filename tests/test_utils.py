@@ -141,3 +141,13 @@ def test_build_once_builds_once_and_never_returns_a_half_built_folder(tmp_path):
     assert (folder / "model.bin").read_text() == "weights" and (folder / ".complete").read_text() == "seed 3\n"
     assert not (folder / "part").exists() and sorted(p.name for p in tmp_path.iterdir()) == [".model.lock", "model-v1"]
     assert build_once(folder, lock, good) == folder and len(calls) == 1
+
+
+def test_package_versions_read_the_version_header_as_importlib_does():
+    from importlib import metadata
+
+    from k3eval.utils import package_versions
+
+    got = package_versions(["pandas", "no-such-package-k3eval"])
+    assert "no-such-package-k3eval" not in got and {"torch", "numpy", "pandas", "k3eval"} <= set(got)
+    assert all(v == metadata.version(k) for k, v in got.items())

@@ -208,7 +208,7 @@ def _jobs(distinct: dict, rows, keys: list[str], root, sinks: bool = False) -> d
 
 
 def _paths(run, rows) -> list[Path]:
-    return [run.image_path(r) for r in rows.to_dict("records")]
+    return [run.image_path({"path": p}) for p in rows["path"].tolist()]
 
 
 def _extract(distinct: dict, rows, keys: list[str], paths: list[Path], root, opts: ScoreOptions):

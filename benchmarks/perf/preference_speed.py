@@ -255,13 +255,32 @@ def main() -> None:
         # libraries are imported before any timer starts, on both sides (on a loaded 2-core machine importing them
         # takes longer than scoring a hundred images with the small synthetic models)
         import open_clip  # noqa: F401
+        import pandas  # noqa: F401
+        import pyarrow.dataset  # noqa: F401  (what pandas.read_parquet imports on first use)
+        import pyarrow.pandas_compat  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
         import torch  # noqa: F401
         import torchvision  # noqa: F401
         import transformers  # noqa: F401
         from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor  # noqa: F401
 
+        import k3eval.config  # noqa: F401
         import k3eval.metrics.extract  # noqa: F401
         import k3eval.metrics.score  # noqa: F401
+        import k3eval.runs  # noqa: F401
+        import k3eval.stats  # noqa: F401
+        from k3eval.metrics import (  # noqa: F401
+            aesthetic,
+            clip,
+            hps,
+            hub,
+            imagereward,
+            pickscore,
+            preference,
+            registry,
+            verify,
+            vqascore,
+        )
 
         fn = {"k3eval": tool_k3eval, "reference": tool_reference}[args.tool]
         print("RESULT " + json.dumps(fn(*json.loads(args.tool_args))))

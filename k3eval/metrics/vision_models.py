@@ -285,7 +285,7 @@ class Mask2FormerDetector:
             mask_score.append((m.sigmoid() * binary_f).flatten(1).sum(1) / (binary_f.flatten(1).sum(1) + 1e-6))
             binary.append(binary_f.bool())
         det = scores * torch.cat(mask_score) if binary else scores
-        binary = torch.cat(binary) if binary else torch.zeros((0, h, w), dtype=torch.bool)
+        binary = torch.cat(binary) if binary else torch.zeros((0, h, w), dtype=torch.bool, device=scores.device)
         ok = det > floor
         image, det, labels, binary = image[ok], det[ok], labels[ok], binary[ok]
         boxes, det = mask_boxes(binary).cpu().numpy(), det.cpu().numpy()
